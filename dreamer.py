@@ -1,0 +1,477 @@
+"""The single entry point: CLI and config resolution, the online training loop, evaluation-only runs and the
+action-free video pretraining loop.
+
+    python dreamer.py --configs defaults dmc2gym --task dmc2gym_walker_walk --logdir runs/x --seed 0 [--key value ...]
+
+Running the same command again resumes from `<logdir>/checkpoint.pt` and the episodes on disk.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault('MUJOCO_GL', 'egl')  # headless rendering; must be set before dm_control / mujoco import
+
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+import tools
+from tools import ConfigError
+
+STEP_COUNTERS = ('step', 'updates', 'episodes', 'eval_episodes_done')
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Run folder
+# --------------------------------------------------------------------------------------------------------------------
+def prepare_logdir(config) -> str:
+    if not config.logdir:
+        raise ConfigError('--logdir is required (the run folder; rerunning with the same folder resumes).')
+    logdir = config.logdir
+    if config.logdir_timestamp:
+        logdir = os.path.join(logdir, tools.timestamp())
+    try:
+        os.makedirs(logdir, exist_ok=True)
+        probe = os.path.join(logdir, f'.write_test{os.getpid()}')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"Cannot write to --logdir '{logdir}' ({e.strerror}): choose a writable folder.") from None
+    config.logdir = logdir
+    tools.save_config(config, os.path.join(logdir, 'config.yaml'))
+    return logdir
+
+
+def configure_torch(config) -> None:
+    tools.set_seed(config.seed, config.deterministic)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if str(config.device).startswith('cuda') and not torch.cuda.is_available():
+        raise ConfigError(f"--device {config.device} requested but CUDA is not available: use --device cpu.")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Episodes from an environment
+# --------------------------------------------------------------------------------------------------------------------
+class EpisodeRecorder:
+    """Accumulates one episode in the DreamerV2 format (action[t] led to obs t; reward[t] received at obs t)."""
+
+    def __init__(self, action_size: int):
+        self.action_size = action_size
+        self.steps: list[dict] = []
+        self.success = False
+
+    def add(self, obs: dict, action=None, reward=0.0, info=None) -> None:
+        step = {k: v for k, v in obs.items() if k in ('image', 'is_first', 'is_last', 'is_terminal', 'color')}
+        step['action'] = np.zeros(self.action_size, np.float32) if action is None else np.asarray(action, np.float32)
+        step['reward'] = np.float32(reward)
+        step['discount'] = np.float32(0.0 if obs['is_terminal'] else 1.0)
+        self.steps.append(step)
+        if info and info.get('success'):
+            self.success = True
+
+    def episode(self) -> dict:
+        keys = self.steps[0].keys()
+        episode = {k: np.stack([s[k] for s in self.steps]) for k in keys}
+        episode.pop('is_last', None)
+        return episode
+
+    @property
+    def score(self) -> float:
+        return float(sum(s['reward'] for s in self.steps))
+
+    def __len__(self):
+        return len(self.steps) - 1
+
+
+def random_policy(action_size: int, rng: np.random.Generator):
+    def act(obs, state, training=True):
+        return rng.uniform(-1, 1, (1, action_size)).astype(np.float32), None
+    return act
+
+
+def run_episode(env, policy, training: bool):
+    """Runs one episode; returns its EpisodeRecorder."""
+    obs = env.reset()
+    rec = EpisodeRecorder(env.action_size)
+    rec.add(obs)
+    state = None
+    while not obs['is_last']:
+        batch_obs = {k: np.asarray(v)[None] for k, v in obs.items()}
+        action, state = policy(batch_obs, state, training)
+        obs, reward, done, info = env.step(action[0])
+        rec.add(obs, action[0], reward, info)
+    return rec
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Online training
+# --------------------------------------------------------------------------------------------------------------------
+def make_envs(config, schedule, phase: int, seed_offset: int):
+    import env as envs
+    train_env = envs.make_env(config.task, config, config.seed + seed_offset, schedule[f'train_{phase}'])
+    eval_env = envs.make_env(config.task, config, config.seed + 10_000 + seed_offset, schedule[f'eval_{phase}'])
+    return train_env, eval_env
+
+
+def save_checkpoint(path: str, agent, counters: dict, replay, config) -> None:
+    tools.atomic_torch_save({
+        'agent': agent.state_dict(), 'optimizers': agent.optimizer_state(), 'counters': dict(counters),
+        'rng': tools.rng_state(), 'replay_rng': replay.rng.bit_generator.state, 'config': config.to_dict(),
+    }, path)
+
+
+def load_checkpoint(path: str, agent, replay) -> dict:
+    try:
+        state = torch.load(path, map_location=agent.config.device, weights_only=False)
+    except Exception as e:
+        raise ConfigError(f"Checkpoint '{path}' is unreadable ({e}); delete it to restart the run.") from None
+    agent.load_state_dict(state['agent'])
+    agent.load_optimizer_state(state['optimizers'])
+    agent.updates = state['counters'].get('updates', 0)
+    tools.set_rng_state(state['rng'])
+    if replay is not None:
+        replay.rng.bit_generator.state = state['replay_rng']
+    return state['counters']
+
+
+def evaluate(agent, eval_env, config, logger, episodes: int, video_dir: str | None = None):
+    """Runs deterministic evaluation episodes; logs eval_return (each), eval_return_average, eval_success_rate."""
+    import replay as replay_lib
+    returns, successes, lengths, recs = [], [], [], []
+    agent.eval()
+    for _ in range(episodes):
+        rec = run_episode(eval_env, agent.policy, training=False)
+        returns.append(rec.score)
+        successes.append(float(rec.success))
+        lengths.append(len(rec))
+        recs.append(rec)
+        logger.scalar('eval_return', rec.score)
+        if video_dir:
+            replay_lib.save_episode(video_dir, rec.episode())
+    agent.train()
+    logger.scalar('eval_return_average', float(np.mean(returns)))
+    logger.scalar('eval_return_std', float(np.std(returns)))
+    logger.scalar('eval_length', float(np.mean(lengths)))
+    if config.task.startswith('metaworld_'):
+        logger.scalar('eval_success_rate', float(np.mean(successes)))
+    return returns, successes, recs
+
+
+def log_predictions(agent, replay, logger, config, logdir: str, step: int) -> None:
+    """Open-loop video prediction and (with --traverse) a latent traversal PNG of the current world model."""
+    import imageio.v2 as imageio
+    length = max(config.batch_length, 8)
+    if len(replay) < length:
+        return
+    data = agent.to_torch(replay.sample(min(4, config.batch_size), length))
+    logger.video('openloop', agent.wm.open_loop(data))
+    if config.traverse and config.beta_vae:
+        grid = agent.wm.traverse(data['image'])
+        os.makedirs(os.path.join(logdir, 'traversals'), exist_ok=True)
+        path = os.path.join(logdir, 'traversals', f'traverse_{step:08d}.png')
+        imageio.imwrite(path + '.tmp.png', grid)
+        os.replace(path + '.tmp.png', path)
+        logger.image('traverse', grid)
+
+
+def train(config) -> None:
+    import env as envs
+    import models
+    import replay as replay_lib
+    from tqdm import tqdm
+
+    logdir = prepare_logdir(config)
+    configure_torch(config)
+    train_dir, eval_dir = os.path.join(logdir, 'train_eps'), os.path.join(logdir, 'eval_eps')
+    ckpt_path = os.path.join(logdir, 'checkpoint.pt')
+    logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard, use_wandb=config.wandb)
+    repeat = config.action_repeat
+    total_steps = config.steps // repeat
+    switch_step = total_steps // 2 if config.color_distractor or config.task.startswith('metaworld_') else None
+    schedule = envs.distractor_schedule(config.task, config.color_distractor)
+
+    replay = replay_lib.Replay(config.dataset_size or None, seed=config.seed)
+    episodes, skipped = replay_lib.load_episodes(train_dir, limit_steps=config.dataset_size or None)
+    for ep in episodes:
+        replay.add_episode(ep)
+    step = replay_lib.count_steps(train_dir)      # completed episodes on disk are the ground truth
+    resumed = os.path.exists(ckpt_path) or step > 0
+
+    phase = 2 if switch_step is not None and step >= switch_step else 1
+    train_env, eval_env = make_envs(config, schedule, phase, seed_offset=len(episodes))
+    action_size = train_env.action_size
+    agent = models.Agent(config, action_size, step=step)
+    counters = {'step': step, 'updates': 0, 'episodes': len(episodes), 'eval_episodes_done': 0}
+    if os.path.exists(ckpt_path):
+        saved = load_checkpoint(ckpt_path, agent, replay)
+        counters.update({k: saved.get(k, 0) for k in ('updates', 'eval_episodes_done')})
+        print(f'Resuming from {ckpt_path}: agent step {step} ({step * repeat} env steps), '
+              f'{len(episodes)} episodes on disk, {agent.updates} updates done.')
+    elif resumed:
+        print(f'Found {len(episodes)} episodes ({step} agent steps) in {train_dir} but no checkpoint: '
+              f'continuing with fresh weights.')
+    print(f"Method {agent.spec.name} on {config.task} ({action_size} actions, device {config.device}); "
+          f"{total_steps} agent steps = {config.steps} env steps; logs in {logdir}")
+    if switch_step is not None:
+        print(f'Distractor schedule: {schedule}; switch to set 2 at agent step {switch_step}.')
+
+    rng = np.random.default_rng(config.seed + len(episodes))
+    prefill = max(0, config.prefill - step) if not os.path.exists(ckpt_path) else 0
+    next_eval = (step * repeat // config.eval_every + 1) * config.eval_every
+    next_log = (step * repeat // config.log_every + 1) * config.log_every
+    last_train = step
+    pretrained_updates = counters['updates'] > 0
+    fps_time, fps_step = time.time(), step
+    last_return = float('nan')
+
+    def switch_if_due():
+        nonlocal phase
+        if switch_step is not None and phase == 1 and counters['step'] >= switch_step:
+            phase = 2
+            train_env.set_distractor(schedule['train_2'])
+            eval_env.set_distractor(schedule['eval_2'])
+            print(f"Distractor switch at agent step {counters['step']}: train '{schedule['train_2']}', "
+                  f"eval '{schedule['eval_2']}'.")
+            logger.scalar('distractor_switch', 1.0)
+            logger.scalar('distractor_phase', 2.0)
+
+    def finish_episode(rec):
+        nonlocal last_return
+        ep = rec.episode()
+        replay_lib.save_episode(train_dir, ep)
+        replay.add_episode(ep)
+        counters['episodes'] += 1
+        last_return = rec.score
+        logger.scalar('train_return', rec.score)
+        logger.scalar('train_length', len(rec))
+        if config.task.startswith('metaworld_'):
+            logger.scalar('train_success', float(rec.success))
+
+    bar = tqdm(total=total_steps, initial=min(step, total_steps), unit='step', dynamic_ncols=True,
+               disable=not config.progress, desc='train')
+    # Prefill with random actions (complete episodes, so nothing half-collected is ever lost).
+    if prefill:
+        print(f'Prefilling {prefill} agent steps with random actions.')
+        act = random_policy(action_size, rng)
+        while counters['step'] < step + prefill:
+            rec = run_episode(train_env, act, training=True)
+            counters['step'] += len(rec)
+            bar.update(len(rec))
+            finish_episode(rec)
+        logger.write(counters['step'] * repeat)
+        last_train = counters['step']
+
+    obs, rec, state = None, None, None
+    while counters['step'] < total_steps:
+        if obs is None or obs['is_last']:
+            obs = train_env.reset()
+            rec = EpisodeRecorder(action_size)
+            rec.add(obs)
+            state = None
+        batch_obs = {k: np.asarray(v)[None] for k, v in obs.items()}
+        action, state = agent.policy(batch_obs, state, training=True)
+        obs, reward, done, info = train_env.step(action[0])
+        rec.add(obs, action[0], reward, info)
+        counters['step'] += 1
+        bar.update(1)
+        if obs['is_last']:
+            finish_episode(rec)
+            bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{(counters["step"] - fps_step) * repeat / max(time.time() - fps_time, 1e-6):.0f}')
+
+        # Training: `pretrain` updates at the first call, then `train_steps` every `train_every` agent steps.
+        if len(replay) >= config.batch_length and counters['step'] - last_train >= config.train_every:
+            n = config.pretrain if not pretrained_updates else config.train_steps
+            pretrained_updates = True
+            for _ in range(n):
+                metrics = agent.update(replay.sample(config.batch_size, config.batch_length), counters['step'])
+                logger.scalars(metrics)
+            counters['updates'] = agent.updates
+            last_train = counters['step']
+        switch_if_due()
+
+        env_step = counters['step'] * repeat
+        if env_step >= next_log:
+            next_log += config.log_every
+            now = time.time()
+            logger.scalar('fps', (counters['step'] - fps_step) * repeat / max(now - fps_time, 1e-6))
+            logger.scalar('updates', agent.updates)
+            logger.scalar('episodes', counters['episodes'])
+            fps_time, fps_step = now, counters['step']
+            if config.tensorboard_video:
+                log_predictions(agent, replay, logger, config, logdir, env_step)
+            logger.write(env_step, echo=not config.progress)
+        if env_step >= next_eval or counters['step'] >= total_steps:
+            next_eval += config.eval_every
+            returns, successes, _ = evaluate(agent, eval_env, config, logger, config.eval_episodes, eval_dir)
+            log_predictions(agent, replay, logger, config, logdir, env_step)
+            row = logger.write(env_step, echo=False)
+            msg = f'Eval at env step {env_step}: return {np.mean(returns):.1f} ± {np.std(returns):.1f}'
+            if 'eval_success_rate' in row:
+                msg += f", success {row['eval_success_rate']:.2f}"
+            bar.write(msg)
+            save_checkpoint(ckpt_path, agent, counters, replay, config)
+    bar.close()
+    logger.write(counters['step'] * repeat, echo=False)
+    logger.close()
+    train_env.close()
+    eval_env.close()
+    print(f"Done: {counters['step']} agent steps ({counters['step'] * repeat} env steps), {agent.updates} updates.\n"
+          f"  metrics:    {os.path.join(logdir, 'metrics.jsonl')} (TensorBoard: tensorboard --logdir {logdir})\n"
+          f"  episodes:   {train_dir}, {eval_dir}\n"
+          f"  checkpoint: {ckpt_path}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluation-only runs
+# --------------------------------------------------------------------------------------------------------------------
+def evaluate_only(config) -> None:
+    import env as envs
+    import models
+    import replay as replay_lib
+
+    if not config.checkpoint or not os.path.exists(config.checkpoint):
+        raise ConfigError(f"--mode eval needs --checkpoint PATH to a run's checkpoint.pt (got {config.checkpoint!r}).")
+    logdir = prepare_logdir(config)
+    configure_torch(config)
+    schedule = envs.distractor_schedule(config.task, config.color_distractor)
+    eval_env = envs.make_env(config.task, config, config.seed + 20_000, schedule[config.eval_distractor])
+    agent = models.Agent(config, eval_env.action_size, step=0)
+    load_checkpoint(config.checkpoint, agent, None)
+    logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard)
+    returns, successes, recs = evaluate(agent, eval_env, config, logger, config.eval_episodes,
+                                        video_dir=os.path.join(logdir, 'eval_only_eps'))
+    logger.write(0, echo=False)
+    video = os.path.join(logdir, 'eval_videos')
+    os.makedirs(video, exist_ok=True)
+    import imageio.v2 as imageio
+    paths = []
+    for i, rec in enumerate(recs[:config.eval_videos]):
+        path = os.path.join(video, f'episode_{i:02d}.gif')
+        imageio.mimsave(path, list(rec.episode()['image']), duration=1 / 25, loop=0)
+        paths.append(path)
+    msg = (f"Evaluation of {config.checkpoint} on {config.task} ({schedule[config.eval_distractor]} distractors), "
+           f"{len(returns)} episodes: return {np.mean(returns):.1f} ± {np.std(returns):.1f}")
+    if config.task.startswith('metaworld_'):
+        msg += f', success rate {np.mean(successes):.2f}'
+    print(msg)
+    print(f'  videos: {video} ({len(paths)} GIFs)')
+    result = dict(task=config.task, checkpoint=config.checkpoint, returns=returns, mean=float(np.mean(returns)),
+                  std=float(np.std(returns)), success_rate=float(np.mean(successes)))
+    tools.atomic_write_bytes(os.path.join(logdir, 'eval_result.json'), json.dumps(result, indent=2).encode())
+    eval_env.close()
+    logger.close()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Stage 1: action-free beta-VAE video pretraining
+# --------------------------------------------------------------------------------------------------------------------
+def pretrain_video(config) -> None:
+    """Trains the action-free beta-VAE video prediction model on a folder of video episodes (DISWM_SPEC §1a)."""
+    import imageio.v2 as imageio
+    import models
+    import replay as replay_lib
+    from tqdm import tqdm
+
+    logdir = prepare_logdir(config)
+    configure_torch(config)
+    episodes, report = replay_lib.load_video_dataset(
+        config.pretrain_datasets_path, config.pretrain_dataset_scale, config.seed, config.batch_length,
+        config.model_memory_fraction, tuple(config.size))
+    replay = replay_lib.Replay(None, seed=config.seed)
+    for ep in episodes:
+        replay.add_episode(ep)
+    del episodes
+    print(f"Video dataset {config.pretrain_datasets_path}: {report['episodes']} episodes, {report['frames']} frames "
+          f"({report['bytes'] / 2 ** 20:.0f} MiB uint8), {report['unreadable']} unreadable and {report['short']} "
+          f"too short skipped.")
+    spec = models.METHOD_SPECS['pretrain']
+    wm = models.WorldModel(config, config.pretrain_action_num, spec).to(config.device)
+    opt = tools.Optimizer('model', wm.parameters(), config.model_lr, config.opt_eps, config.grad_clip,
+                          config.weight_decay)
+    total = max(1, config.pretrain_steps // config.batch_size)
+    state_path = os.path.join(logdir, 'pretrain_state.pt')
+    start = 0
+    if os.path.exists(state_path):
+        state = torch.load(state_path, map_location=config.device, weights_only=False)
+        wm.load_state_dict(state['model'])
+        opt.load_state_dict(state['optimizer'])
+        tools.set_rng_state(state['rng'])
+        replay.rng.bit_generator.state = state['replay_rng']
+        start = state['updates']
+        print(f'Resuming pretraining from {state_path} at update {start}.')
+    print(f'Pretraining the action-free video model for {total} updates (pretrain_steps {config.pretrain_steps} '
+          f'sequences / batch {config.batch_size}) on {config.device}; logs in {logdir}')
+    logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard, use_wandb=config.wandb)
+
+    def save(updates: int):
+        meta = dict(z_dim=config.z_dim, pretrain_action_num=config.pretrain_action_num, updates=updates,
+                    dyn_stoch=config.dyn_stoch, dyn_deter=config.dyn_deter, dyn_hidden=config.dyn_hidden,
+                    task=config.task, config=config.to_dict())
+        sample = replay.sample(1, config.batch_length)
+        data = {k: torch.as_tensor(v, device=config.device) for k, v in sample.items()}
+        grid = wm.traverse(data['image'])
+        for directory in (os.path.join(logdir, 'checkpoints', str(updates)), logdir):
+            models.save_video_model(directory, wm, meta)
+            path = os.path.join(directory, 'traverse.png')
+            imageio.imwrite(path + '.tmp.png', grid)
+            os.replace(path + '.tmp.png', path)
+        logger.image('traverse', grid)
+        video = replay.sample(min(4, config.batch_size), config.batch_length)
+        logger.video('openloop', wm.open_loop({k: torch.as_tensor(v, device=config.device) for k, v in video.items()}))
+        tools.atomic_torch_save(dict(model=wm.state_dict(), optimizer=opt.state_dict(), rng=tools.rng_state(),
+                                     replay_rng=replay.rng.bit_generator.state, updates=updates), state_path)
+
+    log_every = max(1, min(100, config.pretrain_save_every))
+    bar = tqdm(range(start, total), initial=start, total=total, unit='upd', disable=not config.progress,
+               desc='pretrain', dynamic_ncols=True)
+    tic, tic_update = time.time(), start
+    for update in bar:
+        batch = replay.sample(config.batch_size, config.batch_length)
+        data = {'image': torch.as_tensor(batch['image']).to(config.device, non_blocking=True),
+                'is_first': torch.as_tensor(batch['is_first']).to(config.device).float()}
+        loss, _, metrics = wm.loss(data, update)
+        metrics['model_grad_norm'] = opt.step(loss)
+        logger.scalars({k: v for k, v in metrics.items() if not k.startswith('beta_vae_kl_dim') or
+                        (update + 1) % log_every == 0})
+        if (update + 1) % log_every == 0 or update + 1 == total:
+            now = time.time()
+            logger.scalar('updates_per_second', (update + 1 - tic_update) / max(now - tic, 1e-6))
+            tic, tic_update = now, update + 1
+            row = logger.write(update + 1, echo=not config.progress)
+            bar.set_postfix(image=f"{row['image_loss']:.1f}", kl=f"{row['kl_loss']:.2f}",
+                            bvae=f"{row.get('beta_vae_kl_loss', 0):.2f}", ups=f"{row['updates_per_second']:.2f}")
+        if (update + 1) % config.pretrain_save_every == 0 or update + 1 == total:
+            save(update + 1)
+            logger.write(update + 1, echo=False)
+    bar.close()
+    logger.close()
+    print(f"Done: {total} updates. Video model (encoder.pt, decoder.pt, rssm.pt, meta.json, traverse.png) in {logdir} "
+          f"and {os.path.join(logdir, 'checkpoints', str(total))}.\n  To finetune: copy them into ./checkpoints "
+          f"(or pass --pretrain_checkpoint_path {logdir}).")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config = tools.make_config(argv)
+        if config.beta_vae_pretrain:
+            pretrain_video(config)
+        elif config.mode == 'eval':
+            evaluate_only(config)
+        elif config.mode == 'train':
+            train(config)
+        else:
+            raise ConfigError(f"Unknown --mode '{config.mode}' (use train or eval).")
+    except ConfigError as e:
+        print(f'Error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""DeepMind Control Suite base env (`dmc2gym_<domain>_<task>`) with the DisWM colour distractor.
+
+One `step()` is one dm_control control step; action repeat, the agent-step time limit and the obs dict come from
+`env/wrappers.py`. Set `MUJOCO_GL=egl` (or another backend) before this module imports dm_control.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import numpy as np
+
+from distracting_control import COLOR_SETS, ColorDistractor, color_boxes, color_step_std
+from env.wrappers import config_get
+
+# Seed-stream tag for the colour RNG, so that colours and the task RNG (seeded with the seed itself) differ.
+_COLOR_STREAM = 0xC010
+
+
+def _numpy_compat() -> None:
+    """dm-control 1.0.28 (the release that matches mujoco 3.3.0) calls `np.in1d` in quadruped.py; numpy 2.4 removed
+    it. `np.isin` is its documented replacement with the same result for the 1-D arrays used there."""
+    if not hasattr(np, 'in1d'):
+        np.in1d = np.isin
+
+
+def dmc_task_names() -> list[str]:
+    """`<domain>_<task>` for every task of dm_control.suite."""
+    from dm_control import suite
+    return [f'{domain}_{task}' for domain, task in suite.ALL_TASKS]
+
+
+def parse_dmc_name(name: str) -> tuple[str, str]:
+    """Splits `<domain>_<task>` by matching dm_control's (domain, task) pairs, since domains such as `ball_in_cup`
+    and `point_mass` contain underscores themselves."""
+    from dm_control import suite
+    for domain, task in suite.ALL_TASKS:
+        if name == f'{domain}_{task}':
+            return domain, task
+    close = difflib.get_close_matches(name, dmc_task_names(), n=3, cutoff=0.4)
+    raise ValueError(f'Unknown DMC task {name!r}. Closest: {", ".join(close) or "none"}.')
+
+
+def default_camera(domain: str) -> int:
+    """The release's camera choice: 2 for quadruped (its `y` tracking camera; camera 0 is a distant global view in
+    which the robot covers a few pixels at 64×64), else 0."""
+    return 2 if domain == 'quadruped' else 0
+
+
+class DMCEnv:
+    """dm_control task whose materials all take colours from the DisWM colour distractor.
+
+    Args:
+      name: `<domain>_<task>`, e.g. `reacher_easy`, `ball_in_cup_catch`.
+      config: reads `size` ([H, W], default 64×64), `camera` (None = `default_camera(domain)`) and `color`
+        (`train_base`, `test_base`, `max_delta`, `step_std`; a dict or an attribute object).
+      seed: seeds the task RNG (`task_kwargs={'random': seed}`) and, on a separate stream, the colours.
+      distractor: colour set, `train` or `test`.
+
+    Colours are redrawn in the current set's box at every `reset()` and take one random-walk step after every
+    control step. `terminated` is True only on a true terminal (dm_env LAST with discount 0); dm_control's own
+    time limit gives `truncated`.
+    """
+
+    def __init__(self, name: str, config: Any, seed: int, distractor: str = 'train'):
+        from dm_control import suite
+        self.domain, self.task = parse_dmc_name(name)
+        color_config = config_get(config, 'color', None)
+        self._boxes = color_boxes(color_config)
+        self._check_set(distractor)
+        self._distractor = distractor
+        if self.domain == 'quadruped':
+            _numpy_compat()
+        self._env = suite.load(self.domain, self.task, task_kwargs={'random': seed})
+        size = config_get(config, 'size', (64, 64))
+        self._height, self._width = int(size[0]), int(size[1])
+        camera = config_get(config, 'camera', None)
+        self._camera_id = default_camera(self.domain) if camera is None else camera
+        self._camera = None  # created on the first render, then reused (building one allocates a scene)
+
+        spec = self._env.action_spec()
+        self._action_low = np.asarray(spec.minimum, np.float64) * np.ones(spec.shape)
+        self._action_high = np.asarray(spec.maximum, np.float64) * np.ones(spec.shape)
+        self.action_size = int(np.prod(spec.shape))
+
+        self.colors = ColorDistractor(self._env.physics, self._boxes[distractor], color_step_std(color_config),
+                                      np.random.default_rng([_COLOR_STREAM, seed]))
+
+    @property
+    def physics(self):
+        return self._env.physics
+
+    @property
+    def control_timestep(self) -> float:
+        """Seconds of simulated time per `step()`."""
+        return float(self._env.control_timestep())
+
+    @property
+    def distractor(self) -> str:
+        return self._distractor
+
+    def set_distractor(self, name: str) -> None:
+        """Chooses the colour set (`train` / `test`) used from the next `reset()` on."""
+        self._check_set(name)
+        self._distractor = name
+
+    def reset(self) -> None:
+        self._env.reset()
+        # After the task's own initialisation, which may touch the model; the new colours must win.
+        self.colors.set_box(self._boxes[self._distractor])
+        self.colors.reset()
+
+    def step(self, action: np.ndarray) -> tuple[float, bool, bool, dict]:
+        action = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
+        native = self._action_low + (action + 1.0) / 2.0 * (self._action_high - self._action_low)
+        time_step = self._env.step(native)
+        self.colors.step()
+        last = time_step.last()
+        terminated = bool(last and time_step.discount == 0.0)
+        truncated = bool(last and not terminated)
+        return float(time_step.reward or 0.0), terminated, truncated, {}
+
+    def render(self) -> np.ndarray:
+        if self._camera is None:
+            from dm_control.mujoco.engine import Camera
+            self._camera = Camera(self._env.physics, self._height, self._width, self._camera_id)
+        # Camera.render returns a flipped view of its reused buffer: copy so frames do not alias each other.
+        return np.array(self._camera.render(), dtype=np.uint8, copy=True)
+
+    def factors(self) -> dict:
+        return {'color': self.colors.colors}
+
+    def close(self) -> None:
+        if self._camera is not None:
+            self._camera._scene.free()  # the public Physics.render frees its scenes the same way
+            self._camera = None
+        # Frees the GL context explicitly; otherwise EGL prints errors at interpreter exit. Safe to call twice.
+        self._env.physics.free()
+
+    def _check_set(self, name: str) -> None:
+        if name not in self._boxes:
+            raise ValueError(f'Unknown colour set {name!r} for DMC; valid: {", ".join(COLOR_SETS)}.')

@@ -1,0 +1,540 @@
+"""World model (one class, loss built from named parts), behaviour learning, and the method table.
+
+A method (DreamerV2, DisWM, DV2 Finetune, APV; the action-free video model for pretraining) is a `MethodSpec`
+chosen once from `config.method_name`; it decides which parts the world model is built from and what is loaded from
+the pretrained checkpoints. The training step itself never tests the method again.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import networks
+import tools
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """What distinguishes a method: which pretrained parts it loads and which extra parts it has."""
+    name: str
+    load: tuple = ()              # pretrained files loaded into the world model: 'encoder', 'decoder', 'rssm'
+    teacher: bool = False         # DisWM: a frozen pretrained encoder distilled into the world model's encoder
+    video_stack: bool = False     # APV: the pretrained action-free RSSM stacked under a new action-conditioned one
+    intrinsic: bool = False       # APV: video-based kNN intrinsic bonus in imagination
+    pad_actions: bool = False     # DV2 Finetune: actions zero-padded to the union action space
+    action_free: bool = False     # the pretraining video model: zero actions, no reward head
+
+    @property
+    def needs_checkpoint(self) -> bool:
+        return bool(self.load) or self.teacher or self.video_stack
+
+
+METHOD_SPECS = {
+    'dreamerv2': MethodSpec('dreamerv2'),
+    'diswm': MethodSpec('diswm', teacher=True),
+    'dv2_finetune': MethodSpec('dv2_finetune', load=('encoder', 'decoder', 'rssm'), pad_actions=True),
+    'apv': MethodSpec('apv', load=('encoder', 'decoder'), video_stack=True, intrinsic=True),
+    'pretrain': MethodSpec('pretrain', action_free=True),
+}
+
+
+def method_spec(config) -> MethodSpec:
+    if config.beta_vae_pretrain:
+        return METHOD_SPECS['pretrain']
+    if config.method_name not in METHOD_SPECS:
+        raise tools.ConfigError(f"Method '{config.method_name}' is not available in this build.")
+    spec = METHOD_SPECS[config.method_name]
+    if spec.needs_checkpoint and not config.beta_vae:
+        raise tools.ConfigError(f"--method_name {spec.name} uses the pretrained beta-VAE video model; "
+                                f"add --beta_vae True.")
+    return spec
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pretrained checkpoints (encoder.pt, decoder.pt, rssm.pt, meta.json)
+# --------------------------------------------------------------------------------------------------------------------
+CHECKPOINT_FILES = ('encoder', 'decoder', 'rssm')
+
+
+def save_video_model(directory: str, wm: 'WorldModel', meta: dict) -> None:
+    """Writes encoder.pt, decoder.pt, rssm.pt and meta.json atomically into `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    for name in CHECKPOINT_FILES:
+        tools.atomic_torch_save(getattr(wm, name).state_dict(), os.path.join(directory, f'{name}.pt'))
+    tools.atomic_write_bytes(os.path.join(directory, 'meta.json'), json.dumps(meta, indent=2).encode())
+
+
+def load_checkpoint_part(directory: str, name: str, module: nn.Module, config, adapt=None) -> None:
+    """Loads `<directory>/<name>.pt` into `module`, failing with one clear message on any mismatch."""
+    path = os.path.join(directory, f'{name}.pt')
+    if not os.path.exists(path):
+        raise tools.ConfigError(
+            f"Pretrained checkpoint '{path}' not found. Pretrain first (--beta_vae_pretrain True) and copy "
+            f"encoder.pt/decoder.pt/rssm.pt/meta.json into --pretrain_checkpoint_path (now '{directory}').")
+    meta_path = os.path.join(directory, 'meta.json')
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if 'z_dim' in meta and meta['z_dim'] != config.z_dim:
+            raise tools.ConfigError(f"Checkpoint in '{directory}' has z_dim {meta['z_dim']} but this run expects "
+                                    f"z_dim {config.z_dim}: pass --z_dim {meta['z_dim']} or pretrain with "
+                                    f"--z_dim {config.z_dim}.")
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    if adapt is not None:
+        state = adapt(state)
+    own = module.state_dict()
+    problems = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}' for k, v in state.items()
+                if k in own and own[k].shape != v.shape]
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if problems or missing or extra:
+        details = '; '.join(problems[:4] + ([f'missing {missing[:3]}'] if missing else []) +
+                            ([f'unexpected {extra[:3]}'] if extra else []))
+        raise tools.ConfigError(f"Checkpoint '{path}' does not fit this model ({details}). Check --z_dim, "
+                                f"--dyn_stoch/--dyn_deter/--dyn_hidden, --source_action_num/--action_num_gap and "
+                                f"--pretrain_action_num against the pretraining run's meta.json.")
+    module.load_state_dict(state)
+
+
+def _widen_action_input(state: dict, stoch: int, new_action: int) -> dict:
+    """Pads the RSSM input layer's action columns with zeros (the pretrained dynamics are unchanged at first)."""
+    weight = state['img_in.0.weight']
+    old_inputs = weight.shape[1]
+    if old_inputs < stoch + new_action:
+        pad = weight.new_zeros(weight.shape[0], stoch + new_action - old_inputs)
+        state = dict(state, **{'img_in.0.weight': torch.cat([weight, pad], 1)})
+    return state
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loss parts
+# --------------------------------------------------------------------------------------------------------------------
+class BetaVAEPrior(nn.Module):
+    """The disentanglement constraint: beta * KL(q(z|o) || N(0, I)) on the beta-VAE encoder (both stages)."""
+
+    def __init__(self, beta: float):
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, out: dict, step: int):
+        kl_dims = tools.standard_normal_kl(out['enc']['mean'], out['enc']['logvar']).mean(dim=(0, 1))
+        metrics = {f'beta_vae_kl_dim/{i:02d}': kl_dims[i].detach() for i in range(kl_dims.shape[0])}
+        return {'beta_vae_kl': (kl_dims.sum(), self.beta)}, metrics
+
+
+def distillation_loss(teacher_z: torch.Tensor, student_z: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(z_teacher) || softmax(z_student)) over the latent dims; summed over time, mean over batch.
+
+    Inputs are (B, T, z) reparameterised samples (DISWM_SPEC §1b: the release's kl_div 'batchmean' on (B, T, z)).
+    """
+    log_t = F.log_softmax(teacher_z, -1)
+    log_s = F.log_softmax(student_z, -1)
+    return (log_t.exp() * (log_t - log_s)).sum(dim=(1, 2)).mean(0)
+
+
+class Distillation(nn.Module):
+    """DisWM latent distillation from a frozen pretrained beta-VAE encoder (the teacher) into the world model's.
+
+    Paper-faithful by default: the teacher is in eval mode, receives no gradient, sits in no optimizer, and eta follows
+    the real agent step. With `release_compat` the teacher is trained through the KL target and eta is frozen at its
+    construction value, as in the authors' release (DISWM_SPEC §0, §7).
+    """
+
+    def __init__(self, teacher: nn.Module, config, construction_step: int):
+        super().__init__()
+        self.teacher = teacher
+        self.config = config
+        self.release_compat = config.release_compat
+        self.frozen_eta = tools.distill_weight(construction_step, config)
+        if not self.release_compat:
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.release_compat:
+            self.teacher.eval()  # stays in eval mode whatever the world model does
+        return self
+
+    def eta(self, step: int) -> float:
+        return self.frozen_eta if self.release_compat else tools.distill_weight(step, self.config)
+
+    def forward(self, out: dict, step: int):
+        if self.release_compat:
+            teacher_z = self.teacher(out['image'])['embed']
+        else:
+            with torch.no_grad():
+                teacher_z = self.teacher(out['image'])['embed']
+        loss = distillation_loss(teacher_z, out['enc']['embed'])
+        eta = self.eta(step)
+        return {'distill': (loss, eta)}, {'distill_eta': eta}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# World model
+# --------------------------------------------------------------------------------------------------------------------
+def preprocess_image(image: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 64, 64, 3) -> float in [-0.5, 0.5] (done on the model's device)."""
+    return image.float() / 255.0 - 0.5
+
+
+class WorldModel(nn.Module):
+    """Encoder -> [action-free video RSSM (APV)] -> RSSM -> decoder and reward head.
+
+    Loss = image NLL + reward_scale * reward NLL + KL balancing + the weighted terms of `self.parts`
+    (beta-VAE prior, distillation, ...), each reported under its own name.
+    """
+
+    def __init__(self, config, action_size: int, spec: MethodSpec, step: int = 0):
+        super().__init__()
+        self.config, self.spec = config, spec
+        self.action_size = action_size
+        if spec.pad_actions:
+            union = config.source_action_num + config.action_num_gap
+            if union < action_size:
+                raise tools.ConfigError(
+                    f"The union action space --source_action_num {config.source_action_num} + --action_num_gap "
+                    f"{config.action_num_gap} = {union} is smaller than this task's {action_size} actions: raise "
+                    f"--action_num_gap to {action_size - config.source_action_num}.")
+            self.rssm_action_size = union
+        else:
+            self.rssm_action_size = action_size
+        self.encoder = networks.BetaVAEEncoder(config.z_dim) if config.beta_vae else networks.ConvEncoder(
+            config.cnn_depth)
+        rssm_kwargs = dict(stoch=config.dyn_stoch, deter=config.dyn_deter, hidden=config.dyn_hidden,
+                           cell=config.dyn_cell, min_std=config.dyn_min_std)
+        embed = self.encoder.embed_size
+        if spec.video_stack:
+            self.video_rssm = networks.RSSM(action_size=config.pretrain_action_num, embed_size=embed, **rssm_kwargs)
+            embed = self.video_rssm.feat_size
+        else:
+            self.video_rssm = None
+        self.rssm = networks.RSSM(action_size=self.rssm_action_size, embed_size=embed, **rssm_kwargs)
+        feat = self.rssm.feat_size
+        self.decoder = networks.BetaVAEDecoder(feat, config.z_dim) if config.beta_vae else networks.ConvDecoder(
+            feat, config.cnn_depth)
+        self.reward = None if spec.action_free else networks.DenseHead(feat, config.reward_layers, config.units)
+        parts = []
+        if config.beta_vae:
+            parts.append(BetaVAEPrior(config.beta_vae_beta))
+        if spec.teacher:
+            teacher = networks.BetaVAEEncoder(config.z_dim)
+            load_checkpoint_part(config.pretrain_checkpoint_path, 'encoder', teacher, config)
+            parts.append(Distillation(teacher, config, step))
+        self.parts = nn.ModuleList(parts)
+        self._load_pretrained()
+
+    def _load_pretrained(self):
+        directory = self.config.pretrain_checkpoint_path
+        for name in self.spec.load:
+            adapt = None
+            if name == 'rssm':
+                adapt = lambda s: _widen_action_input(s, self.config.dyn_stoch, self.rssm_action_size)
+            load_checkpoint_part(directory, name, getattr(self, name), self.config, adapt)
+        if self.video_rssm is not None:
+            load_checkpoint_part(directory, 'rssm', self.video_rssm, self.config)
+
+    def trainable_parameters(self):
+        """Everything the world-model optimizer updates (never the frozen teacher, unless release_compat)."""
+        frozen = {id(p) for part in self.parts if isinstance(part, Distillation) and not part.release_compat
+                  for p in part.teacher.parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+    def pad_action(self, action: torch.Tensor) -> torch.Tensor:
+        extra = self.rssm_action_size - action.shape[-1]
+        return F.pad(action, (0, extra)) if extra > 0 else action
+
+    def embed(self, image: torch.Tensor, is_first: torch.Tensor, sample: bool = True):
+        """Encoder (+ the APV video RSSM); returns (embedding for the RSSM, encoder output, video model states)."""
+        enc = self.encoder(image, sample=sample)
+        if self.video_rssm is None:
+            return enc['embed'], enc, None
+        video_post, video_prior = self.video_rssm.observe_action_free(enc['embed'], is_first)
+        return self.video_rssm.feat(video_post), enc, (video_post, video_prior)
+
+    def observe(self, data: dict, sample: bool = True):
+        image = preprocess_image(data['image'])
+        embed, enc, video = self.embed(image, data['is_first'], sample)
+        if self.spec.action_free:
+            post, prior = self.rssm.observe_action_free(embed, data['is_first'])
+        else:
+            post, prior = self.rssm.observe(embed, self.pad_action(data['action']), data['is_first'], sample=sample)
+        return dict(image=image, enc=enc, post=post, prior=prior, video=video)
+
+    def loss(self, data: dict, step: int):
+        """Returns (total loss, outputs, metrics as tensors). `step` is the real agent step (schedules)."""
+        cfg = self.config
+        out = self.observe(data)
+        feat = self.rssm.feat(out['post'])
+        out['feat'] = feat
+        terms = {}
+        recon = self.decoder(feat)
+        terms['image'] = (tools.gaussian_nll(recon, out['image'], 3).mean(), 1.0)
+        if self.reward is not None:
+            terms['reward'] = (tools.gaussian_nll(self.reward(feat), data['reward'], 0).mean(), cfg.reward_scale)
+        kl_loss, kl_value = tools.balanced_kl(out['post'], out['prior'], cfg.kl_balance, cfg.kl_free, cfg.kl_scale)
+        terms['kl'] = (kl_loss, 1.0)
+        metrics = {'kl_value': kl_value}
+        if out['video'] is not None:
+            video_kl, video_value = tools.balanced_kl(*out['video'], cfg.kl_balance, cfg.kl_free, cfg.kl_scale)
+            terms['video_kl'] = (video_kl, 1.0)
+            metrics['video_kl_value'] = video_value
+        for part in self.parts:
+            part_terms, part_metrics = part(out, step)
+            terms.update(part_terms)
+            metrics.update(part_metrics)
+        total = sum(value * weight for value, weight in terms.values())
+        metrics.update({f'{name}_loss': value.detach() for name, (value, _) in terms.items()})
+        metrics['model_loss'] = total.detach()
+        return total, out, metrics
+
+    @torch.no_grad()
+    def open_loop(self, data: dict, context: int = 5, count: int = 4) -> np.ndarray:
+        """Open-loop video prediction: `context` observed frames, the rest imagined from the actions.
+
+        Returns uint8 (count, T, 64, 3 * 64, 3): truth | model | error, side by side.
+        """
+        data = {k: v[:count] for k, v in data.items()}
+        out = self.observe({k: v[:, :context] for k, v in data.items()}, sample=False)
+        recon = self.decoder(self.rssm.feat(out['post']))
+        state = {k: v[:, -1] for k, v in out['post'].items()}
+        frames = []
+        for t in range(context, data['image'].shape[1]):
+            action = state['deter'].new_zeros(state['deter'].shape[0], self.rssm_action_size) \
+                if self.spec.action_free else self.pad_action(data['action'][:, t])
+            state = self.rssm.img_step(state, action, sample=False)
+            frames.append(self.decoder(self.rssm.feat(state)))
+        model = torch.cat([recon] + ([torch.stack(frames, 1)] if frames else []), 1) + 0.5
+        truth = preprocess_image(data['image']) + 0.5
+        error = (model - truth + 1) / 2
+        video = torch.cat([truth, model, error], 3).clamp(0, 1)
+        return (video * 255).to(torch.uint8).cpu().numpy()
+
+    @torch.no_grad()
+    def traverse(self, image: torch.Tensor, offsets=(-9, -6, -3, 0, 3, 6, 9)) -> np.ndarray:
+        """Latent traversal: one row per z dim, the last frame's z of the first sequence shifted by each offset and
+        decoded through the RSSM posterior from the initial state. uint8 (z_dim * 64, len(offsets) * 64, 3)."""
+        if not isinstance(self.encoder, networks.BetaVAEEncoder):
+            raise ValueError('Traversals need the beta-VAE encoder (--beta_vae True).')
+        z = self.encoder(preprocess_image(image[:1, -1:]))['embed'][:, 0]          # (1, z)
+        z_dim = z.shape[-1]
+        offsets_t = torch.tensor(offsets, dtype=z.dtype, device=z.device)
+        codes = z.repeat(z_dim * len(offsets), 1)
+        rows = torch.arange(z_dim, device=z.device).repeat_interleave(len(offsets))
+        codes[torch.arange(len(codes)), rows] += offsets_t.repeat(z_dim)
+        embed = codes if self.video_rssm is None else self.video_rssm.feat(self.video_rssm.obs_step(
+            self.video_rssm.initial(len(codes)), codes.new_zeros(len(codes), self.video_rssm.action_size), codes,
+            sample=False)[0])
+        state = self.rssm.initial(len(codes))
+        post, _ = self.rssm.obs_step(state, codes.new_zeros(len(codes), self.rssm_action_size), embed, sample=False)
+        images = (self.decoder(self.rssm.feat(post)) + 0.5).clamp(0, 1)
+        grid = images.reshape(z_dim, len(offsets), 64, 64, 3).permute(0, 2, 1, 3, 4).reshape(
+            z_dim * 64, len(offsets) * 64, 3)
+        return (grid * 255).to(torch.uint8).cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# APV's video-based intrinsic bonus
+# --------------------------------------------------------------------------------------------------------------------
+class VideoIntrinsicBonus(nn.Module):
+    """APV's intrinsic bonus: distance to the k-th nearest neighbour, in a fixed random projection of features
+    averaged over `seq_length` steps, among a FIFO queue of features of real training sequences; normalised by a
+    running std and weighted by `intr_beta`."""
+
+    def __init__(self, feat_size: int, config, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer('projection', torch.randn(feat_size, config.queue_dim, generator=gen) /
+                             np.sqrt(config.queue_dim))
+        self.register_buffer('queue', torch.zeros(config.queue_size, config.queue_dim))
+        self.register_buffer('count', torch.zeros((), dtype=torch.long))
+        self.register_buffer('running_var', torch.ones(()))
+        self.k, self.seq_length, self.beta = config.intr_k, config.intr_seq_length, config.intr_beta
+
+    def _embed(self, feat: torch.Tensor) -> torch.Tensor:
+        """(T, N, F) -> (T', N, D): mean over sliding windows of seq_length along time, then project."""
+        length = min(self.seq_length, feat.shape[0])
+        windows = feat.unfold(0, length, 1).mean(-1)
+        return windows @ self.projection
+
+    @torch.no_grad()
+    def update_queue(self, feat: torch.Tensor) -> None:
+        """Adds projected windows of real sequences (B, T, F)."""
+        keys = self._embed(feat.transpose(0, 1)).reshape(-1, self.queue.shape[1])
+        size = self.queue.shape[0]
+        keys = keys[-size:]
+        idx = (self.count + torch.arange(len(keys), device=keys.device)) % size
+        self.queue[idx] = keys
+        self.count += len(keys)
+
+    @torch.no_grad()
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """Bonus for imagined features (H+1, N, F) -> (H+1, N); windows end at each step (left-padded)."""
+        padded = torch.cat([feat[:1].expand(self.seq_length - 1, -1, -1), feat], 0)
+        keys = self._embed(padded)
+        filled = int(min(int(self.count), self.queue.shape[0]))
+        if filled < self.k:
+            return torch.zeros(feat.shape[:2], device=feat.device)
+        dist = torch.cdist(keys.reshape(-1, keys.shape[-1]), self.queue[:filled])
+        kth = dist.kthvalue(self.k, dim=-1).values.reshape(feat.shape[:2])
+        self.running_var.mul_(0.99).add_(0.01 * kth.var())
+        return self.beta * kth / self.running_var.clamp_min(1e-8).sqrt()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Behaviour
+# --------------------------------------------------------------------------------------------------------------------
+class ImagBehavior(nn.Module):
+    """DreamerV2 actor-critic on imagined rollouts (dynamics backprop, lambda-returns, slow critic)."""
+
+    def __init__(self, config, feat_size: int, action_size: int):
+        super().__init__()
+        self.config = config
+        self.actor = networks.ActionHead(feat_size, action_size, config.actor_layers, config.units,
+                                         config.actor_min_std)
+        self.critic = networks.DenseHead(feat_size, config.value_layers, config.units)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+
+    def imagine(self, wm: WorldModel, start: dict, horizon: int):
+        """Rolls the actor through the world model; returns feats (H+1, N, F), entropies (H, N)."""
+        state = {k: v.reshape(-1, v.shape[-1]).detach() for k, v in start.items()}
+        feats, entropies = [wm.rssm.feat(state)], []
+        for _ in range(horizon):
+            dist = self.actor(feats[-1].detach())
+            state = wm.rssm.img_step(state, wm.pad_action(dist.rsample()))
+            entropies.append(dist.entropy())
+            feats.append(wm.rssm.feat(state))
+        return torch.stack(feats, 0), torch.stack(entropies, 0)
+
+    def losses(self, wm: WorldModel, start: dict, reward_fn):
+        cfg = self.config
+        feats, entropy = self.imagine(wm, start, cfg.imag_horizon)
+        reward = reward_fn(feats)                                              # (H+1, N)
+        value = self.slow_critic(feats)
+        discount = torch.full_like(reward, cfg.discount)
+        target = tools.lambda_return(reward[:-1], value[:-1], discount[:-1], value[-1], cfg.discount_lambda,
+                                     reverse_bug=cfg.release_compat)        # (H, N)
+        weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-2]], 0), 0).detach()
+        actor_loss = -(weight * (target + cfg.actor_entropy * entropy)).mean()
+        value_pred = self.critic(feats[:-1].detach())
+        critic_loss = (weight * tools.gaussian_nll(value_pred, target.detach(), 0)).mean()
+        metrics = dict(actor_loss=actor_loss.detach(), critic_loss=critic_loss.detach(),
+                       actor_entropy=entropy.mean().detach(), imag_reward=reward.mean().detach(),
+                       imag_value=value_pred.mean().detach(), lambda_return=target.mean().detach())
+        return actor_loss, critic_loss, metrics
+
+    def update_slow_critic(self):
+        fraction = self.config.slow_target_fraction
+        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
+            slow.data.mul_(1 - fraction).add_(fraction * fast.data)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Agent
+# --------------------------------------------------------------------------------------------------------------------
+class Agent(nn.Module):
+    """World model + behaviour + their optimizers; `update` is one training step, `policy` one acting step."""
+
+    def __init__(self, config, action_size: int, step: int = 0):
+        super().__init__()
+        self.config = config
+        self.spec = method_spec(config)
+        self.action_size = action_size
+        self.wm = WorldModel(config, action_size, self.spec, step)
+        self.behavior = ImagBehavior(config, self.wm.rssm.feat_size, action_size)
+        self.intrinsic = VideoIntrinsicBonus(self.wm.rssm.feat_size, config, config.seed) if self.spec.intrinsic \
+            else None
+        self.to(config.device)
+        opt = lambda name, params, lr: tools.Optimizer(name, params, lr, config.opt_eps, config.grad_clip,
+                                                       config.weight_decay)
+        self._wm_params = self.wm.trainable_parameters()
+        self.model_opt = opt('model', self._wm_params, config.model_lr)
+        self.actor_opt = opt('actor', self.behavior.actor.parameters(), config.actor_lr)
+        self.critic_opt = opt('critic', self.behavior.critic.parameters(), config.value_lr)
+        self.updates = 0
+        self.requires_grad_(False)
+
+    def to_torch(self, batch: dict) -> dict:
+        """numpy batch -> device tensors; images stay uint8 until the model normalises them on the device."""
+        device = self.config.device
+        out = {}
+        for key in ('image', 'action', 'reward', 'is_first'):
+            if key in batch:
+                tensor = torch.as_tensor(batch[key])
+                if device != 'cpu' and tensor.device.type == 'cpu':
+                    tensor = tensor.pin_memory().to(device, non_blocking=True)
+                out[key] = tensor if key == 'image' else tensor.to(device).float()
+        return out
+
+    def reward_fn(self, feats: torch.Tensor) -> torch.Tensor:
+        reward = self.wm.reward(feats)
+        if self.intrinsic is not None:
+            reward = reward + self.intrinsic(feats)
+        return reward
+
+    def update(self, batch: dict, step: int) -> dict:
+        """One world-model and one actor-critic update; metrics stay tensors (no host sync here)."""
+        data = self.to_torch(batch)
+        for p in self._wm_params:
+            p.requires_grad_(True)
+        loss, out, metrics = self.wm.loss(data, step)
+        metrics['model_grad_norm'] = self.model_opt.step(loss)
+        for p in self._wm_params:
+            p.requires_grad_(False)
+        if self.intrinsic is not None:
+            self.intrinsic.update_queue(out['feat'].detach())
+            metrics['intr_reward'] = self.intrinsic(out['feat'].detach().transpose(0, 1)).mean()
+        start = {k: v.detach() for k, v in out['post'].items()}
+        self.behavior.actor.requires_grad_(True)
+        self.behavior.critic.requires_grad_(True)
+        actor_loss, critic_loss, behavior_metrics = self.behavior.losses(self.wm, start, self.reward_fn)
+        metrics['actor_grad_norm'] = self.actor_opt.step(actor_loss)
+        metrics['critic_grad_norm'] = self.critic_opt.step(critic_loss)
+        self.behavior.actor.requires_grad_(False)
+        self.behavior.critic.requires_grad_(False)
+        metrics.update(behavior_metrics)
+        self.updates += 1
+        if self.updates % self.config.slow_target_update == 0:
+            self.behavior.update_slow_critic()
+        return metrics
+
+    @torch.no_grad()
+    def policy(self, obs: dict, state, training: bool):
+        """obs: dict of numpy arrays with a leading env axis. Returns (actions as numpy, new state)."""
+        device = self.config.device
+        image = torch.as_tensor(obs['image'], device=device)[:, None]
+        is_first = torch.as_tensor(obs['is_first'], device=device, dtype=torch.float32)
+        batch = image.shape[0]
+        if state is None:
+            video = self.wm.video_rssm.initial(batch, device) if self.wm.video_rssm is not None else None
+            state = (self.wm.rssm.initial(batch, device), torch.zeros(batch, self.action_size, device=device), video)
+        latent, action, video = state
+        enc = self.wm.encoder(preprocess_image(image), sample=training)
+        embed = enc['embed'][:, 0]
+        if video is not None:
+            video, _ = self.wm.video_rssm.obs_step(video, embed.new_zeros(batch, self.wm.video_rssm.action_size),
+                                                   embed, is_first, sample=False)
+            embed = self.wm.video_rssm.feat(video)
+        latent, _ = self.wm.rssm.obs_step(latent, self.wm.pad_action(action), embed, is_first, sample=training)
+        dist = self.behavior.actor(self.wm.rssm.feat(latent))
+        action = dist.sample() if training else dist.mode()
+        if training and self.config.expl_amount > 0:
+            action = (action + self.config.expl_amount * torch.randn_like(action)).clamp(-1, 1)
+        return action.cpu().numpy(), (latent, action, video)
+
+    def optimizer_state(self) -> dict:
+        return {o.name: o.state_dict() for o in (self.model_opt, self.actor_opt, self.critic_opt)}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        for o in (self.model_opt, self.actor_opt, self.critic_opt):
+            o.load_state_dict(state[o.name])

@@ -1,0 +1,245 @@
+"""Building blocks: the RSSM (action-conditioned and action-free paths in one class), encoders, decoders, heads.
+
+Shapes: images enter as (..., 64, 64, 3) floats in [-0.5, 0.5]; sequences are batch-major (B, T, ...).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import tools
+
+
+def _flatten_image(x: torch.Tensor):
+    lead = x.shape[:-3]
+    return x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2), lead
+
+
+class GRUCell(nn.Module):
+    """DreamerV2's GRU: one Linear over [input, state] (LayerNorm'd when `norm`), update gate biased by -1."""
+
+    def __init__(self, inp_size: int, size: int, norm: bool = True, update_bias: float = -1.0):
+        super().__init__()
+        self.size = size
+        self.update_bias = update_bias
+        self.layer = nn.Linear(inp_size + size, 3 * size, bias=not norm)
+        self.norm = nn.LayerNorm(3 * size) if norm else nn.Identity()
+
+    def forward(self, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        parts = self.norm(self.layer(torch.cat([inputs, state], -1)))
+        reset, cand, update = parts.split(self.size, -1)
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update + self.update_bias)
+        return update * cand + (1 - update) * state
+
+
+class RSSM(nn.Module):
+    """Gaussian recurrent state-space model (DreamerV2, continuous latents).
+
+    The action-conditioned path (`observe`, `imagine`) and the action-free path of the video model
+    (`observe_action_free`: zero actions, distribution mode instead of samples) share one set of weights and one scan.
+    A state is a dict of `mean`, `std`, `stoch` (B, stoch) and `deter` (B, deter).
+    """
+
+    def __init__(self, stoch=50, deter=200, hidden=200, action_size=6, embed_size=20, cell='gru_layer_norm',
+                 min_std=0.1, label_size=0):
+        super().__init__()
+        self.stoch_size, self.deter_size, self.action_size = stoch, deter, action_size
+        self.embed_size, self.min_std, self.label_size = embed_size, min_std, label_size
+        self.img_in = nn.Sequential(nn.Linear(stoch + action_size + label_size, hidden), nn.ELU())
+        if cell not in ('gru', 'gru_layer_norm'):
+            raise tools.ConfigError(f"Unknown --dyn_cell '{cell}' (use gru or gru_layer_norm).")
+        self.cell = GRUCell(hidden, deter, norm=cell == 'gru_layer_norm')
+        self.img_out = nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, 2 * stoch))
+        self.obs_out = nn.Sequential(nn.Linear(deter + embed_size, hidden), nn.ELU(), nn.Linear(hidden, 2 * stoch))
+
+    @property
+    def feat_size(self) -> int:
+        return self.stoch_size + self.deter_size
+
+    def initial(self, batch: int, device=None) -> dict:
+        device = device or self.img_out[0].weight.device
+        zeros = lambda n: torch.zeros(batch, n, device=device)
+        return dict(mean=zeros(self.stoch_size), std=zeros(self.stoch_size), stoch=zeros(self.stoch_size),
+                    deter=zeros(self.deter_size))
+
+    @staticmethod
+    def feat(state: dict) -> torch.Tensor:
+        return torch.cat([state['stoch'], state['deter']], -1)
+
+    def _dist(self, stats: torch.Tensor, sample: bool) -> dict:
+        mean, raw = stats.chunk(2, -1)
+        std = tools.gaussian_std(raw, self.min_std)
+        stoch = mean + std * torch.randn_like(std) if sample else mean
+        return dict(mean=mean, std=std, stoch=stoch)
+
+    def img_step(self, prev: dict, action: torch.Tensor, sample: bool = True, label=None) -> dict:
+        inputs = [prev['stoch'], action] + ([label] if label is not None else [])
+        x = self.img_in(torch.cat(inputs, -1))
+        deter = self.cell(x, prev['deter'])
+        return dict(self._dist(self.img_out(deter), sample), deter=deter)
+
+    def obs_step(self, prev: dict, action: torch.Tensor, embed: torch.Tensor, is_first=None, sample=True,
+                 label=None):
+        """One filtering step; returns (posterior, prior). `is_first` resets the state and action to zero."""
+        if is_first is not None:
+            keep = (1.0 - is_first.float())[:, None]
+            prev = {k: v * keep for k, v in prev.items()}
+            action = action * keep
+        prior = self.img_step(prev, action, sample, label)
+        post = dict(self._dist(self.obs_out(torch.cat([prior['deter'], embed], -1)), sample), deter=prior['deter'])
+        return post, prior
+
+    def observe(self, embed, action, is_first, state=None, sample=True, label=None):
+        """Scans `obs_step` over time. embed (B, T, E), action (B, T, A), is_first (B, T).
+
+        Returns (post, prior) dicts of (B, T, ...) tensors; each output is stacked once after the loop.
+        """
+        batch, length = embed.shape[:2]
+        state = state or self.initial(batch, embed.device)
+        posts, priors = [], []
+        for t in range(length):
+            lab = label[:, t] if label is not None and label.dim() == 3 else label
+            state, prior = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t], sample, lab)
+            posts.append(state)
+            priors.append(prior)
+        stack = lambda seq: {k: torch.stack([s[k] for s in seq], 1) for k in seq[0]}
+        return stack(posts), stack(priors)
+
+    def observe_action_free(self, embed, is_first, state=None):
+        """The video model's path: zero actions and the distribution mode (no sampling)."""
+        action = embed.new_zeros(*embed.shape[:2], self.action_size)
+        return self.observe(embed, action, is_first, state, sample=False)
+
+    def imagine_step(self, state: dict, action: torch.Tensor) -> dict:
+        return self.img_step(state, action, sample=True)
+
+
+def _init_kaiming(module: nn.Module):
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class BetaVAEEncoder(nn.Module):
+    """The DisWM beta-VAE conv encoder: 64x64x3 -> (mean, logvar, sample) of size z_dim (the RSSM's embed)."""
+
+    def __init__(self, z_dim: int = 20, in_channels: int = 3):
+        super().__init__()
+        self.z_dim = z_dim
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 4, 2, 1), nn.ELU(),
+            nn.Conv2d(32, 32, 4, 2, 1), nn.ELU(),
+            nn.Conv2d(32, 64, 4, 2, 1), nn.ELU(),
+            nn.Conv2d(64, 64, 4, 2, 1), nn.ELU(),
+            nn.Conv2d(64, 256, 4, 1), nn.ELU())
+        self.head = nn.Linear(256, 2 * z_dim)
+        _init_kaiming(self)
+
+    @property
+    def embed_size(self) -> int:
+        return self.z_dim
+
+    def forward(self, image: torch.Tensor, sample: bool = True) -> dict:
+        x, lead = _flatten_image(image)
+        mean, logvar = self.head(self.convs(x).flatten(1)).chunk(2, -1)
+        mean, logvar = mean.reshape(*lead, -1), logvar.reshape(*lead, -1)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample else mean
+        return dict(embed=z, mean=mean, logvar=logvar)
+
+
+class ConvEncoder(nn.Module):
+    """DreamerV2's conv encoder (depth 32, kernels 4, stride 2): 64x64x3 -> 32 * depth features."""
+
+    def __init__(self, depth: int = 32, in_channels: int = 3):
+        super().__init__()
+        layers, channels = [], in_channels
+        for i in range(4):
+            layers += [nn.Conv2d(channels, depth * 2 ** i, 4, 2), nn.ELU()]
+            channels = depth * 2 ** i
+        self.convs = nn.Sequential(*layers)
+        self.embed_size = depth * 32
+
+    def forward(self, image: torch.Tensor, sample: bool = True) -> dict:
+        x, lead = _flatten_image(image)
+        return dict(embed=self.convs(x).reshape(*lead, -1))
+
+
+class BetaVAEDecoder(nn.Module):
+    """The DisWM decoder: feature -> z_dim bottleneck -> beta-VAE deconv stack -> 64x64x3 mean."""
+
+    def __init__(self, feat_size: int, z_dim: int = 20):
+        super().__init__()
+        self.bottleneck = nn.Sequential(nn.Linear(feat_size, z_dim), nn.ELU(), nn.Linear(z_dim, 256))
+        self.deconvs = nn.Sequential(
+            nn.ELU(),
+            nn.ConvTranspose2d(256, 64, 4), nn.ELU(),
+            nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.ELU(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ELU(),
+            nn.ConvTranspose2d(32, 32, 4, 2, 1), nn.ELU(),
+            nn.ConvTranspose2d(32, 3, 4, 2, 1))
+        _init_kaiming(self)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        lead = feat.shape[:-1]
+        x = self.bottleneck(feat.reshape(-1, feat.shape[-1]))[:, :, None, None]
+        return self.deconvs(x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
+
+
+class ConvDecoder(nn.Module):
+    """DreamerV2's conv decoder: Linear -> 32*depth x 1 x 1 -> ConvT kernels [5, 5, 6, 6] -> 64x64x3 mean."""
+
+    def __init__(self, feat_size: int, depth: int = 32):
+        super().__init__()
+        self.linear = nn.Linear(feat_size, 32 * depth)
+        chans = [32 * depth, 4 * depth, 2 * depth, depth, 3]
+        layers = []
+        for i, kernel in enumerate([5, 5, 6, 6]):
+            layers.append(nn.ConvTranspose2d(chans[i], chans[i + 1], kernel, 2))
+            if i < 3:
+                layers.append(nn.ELU())
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        lead = feat.shape[:-1]
+        x = self.linear(feat.reshape(-1, feat.shape[-1]))[:, :, None, None]
+        return self.deconvs(x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
+
+
+def mlp(inp: int, out: int, layers: int, units: int) -> nn.Sequential:
+    mods, size = [], inp
+    for _ in range(layers):
+        mods += [nn.Linear(size, units), nn.ELU()]
+        size = units
+    mods.append(nn.Linear(size, out))
+    return nn.Sequential(*mods)
+
+
+class DenseHead(nn.Module):
+    """MLP predicting the mean of a unit-variance Normal (reward, value)."""
+
+    def __init__(self, inp: int, layers: int, units: int, out: int = 1):
+        super().__init__()
+        self.net = mlp(inp, out, layers, units)
+        self.out = out
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        x = self.net(feat)
+        return x.squeeze(-1) if self.out == 1 else x
+
+
+class ActionHead(nn.Module):
+    """DreamerV2 actor: MLP -> truncated Normal (tanh mean, std 2 sigmoid(x/2) + min_std) on [-1, 1]."""
+
+    def __init__(self, inp: int, action_size: int, layers: int, units: int, min_std: float = 0.1):
+        super().__init__()
+        self.net = mlp(inp, 2 * action_size, layers, units)
+        self.min_std = min_std
+
+    def forward(self, feat: torch.Tensor) -> tools.TruncNormal:
+        mean, raw = self.net(feat).chunk(2, -1)
+        return tools.TruncNormal(torch.tanh(mean), tools.gaussian_std(raw, self.min_std))

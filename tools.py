@@ -1,0 +1,493 @@
+"""Shared utilities: configuration, distributions, returns, schedules, checkpoints, logging.
+
+Episode storage and replay sampling live in `replay.py` (split out of this file to keep both readable).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import difflib
+import io
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import distributions as td
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the message names the fix."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------------------------
+class Config(dict):
+    """A dict with attribute access (nested dicts become Configs)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, value in self.items():
+            if isinstance(value, dict) and not isinstance(value, Config):
+                self[key] = Config(value)
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        self[name] = Config(value) if isinstance(value, dict) and not isinstance(value, Config) else value
+
+    def to_dict(self):
+        return {k: v.to_dict() if isinstance(v, Config) else v for k, v in self.items()}
+
+
+def load_presets(path: str | None = None) -> dict:
+    from ruamel.yaml import YAML
+
+    path = path or os.path.join(ROOT, 'configs.yaml')
+    with open(path) as f:
+        return YAML(typ='safe', pure=True).load(f)
+
+
+def _close(name, options):
+    close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''
+
+
+def _merge(base: dict, update: dict, where: str) -> None:
+    for key, value in update.items():
+        if key not in base:
+            raise ConfigError(f"Preset '{where}' sets unknown key '{key}'.{_close(key, base)}")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            _merge(base[key], value, where)
+        else:
+            base[key] = value
+
+
+_TRUE = {'true', '1', 'yes', 'on'}
+_FALSE = {'false', '0', 'no', 'off'}
+_NONE = {'null', 'none', '~'}
+
+
+def parse_value(text: str, default: Any, key: str) -> Any:
+    """Parses a CLI string into the type of the key's default value."""
+    low = text.strip().lower()
+    if low in _NONE:
+        return None
+    try:
+        if isinstance(default, bool):
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            number = float(text)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, (list, tuple)):
+            items = [t for t in text.split(',') if t.strip() != ''] if text.strip() else []
+            if default:
+                return [parse_value(t, default[0], key) for t in items]
+            return [_guess(t) for t in items]
+        if isinstance(default, str) or default is None:
+            return _guess(text) if default is None else text
+    except ValueError:
+        kind = type(default).__name__
+        hint = ' (True/False/1/0)' if isinstance(default, bool) else ' (comma-separated)' if isinstance(
+            default, (list, tuple)) else ''
+        raise ConfigError(f"--{key} expects a {kind}{hint}, got '{text}'.") from None
+    raise ConfigError(f"--{key} cannot be set from the command line (default {default!r}).")
+
+
+def _guess(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ('true', 'false'):
+        return low == 'true'
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+# Release flags that select a method (kept as aliases so the authors' README commands run unchanged). The release's
+# comments swap the last two: `fine_tune` is APV, `naive_fine_tune` is DV2 Finetune (DISWM_SPEC §0).
+METHOD_ALIASES = {'distillation': 'diswm', 'fine_tune': 'apv', 'naive_fine_tune': 'dv2_finetune'}
+METHODS = ('dreamerv2', 'diswm', 'dv2_finetune', 'apv', 'vid2act')
+PRESET_TYPOS = {'metawolrd': 'metaworld'}
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Splits `--configs a b --key v ...` into the preset names and (key, value tokens) pairs."""
+    presets, pairs = [], []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith('--') or len(token) == 2:
+            raise ConfigError(f"Unexpected argument '{token}': use --key value pairs (e.g. --seed 0).")
+        key = token[2:]
+        if '=' in key:
+            key, value = key.split('=', 1)
+            values = [value]
+            i += 1
+        else:
+            values = []
+            i += 1
+            while i < len(argv) and not (argv[i].startswith('--') and len(argv[i]) > 2 and not _is_number(argv[i])):
+                values.append(argv[i])
+                i += 1
+        key = key.replace('-', '_') if key not in ('configs',) else key
+        if key == 'configs':
+            presets.extend(v for value in values for v in value.split(',') if v)
+        else:
+            pairs.append((key, values))
+    return presets, pairs
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def make_config(argv: list[str], presets_path: str | None = None) -> Config:
+    """Resolves presets and CLI overrides into one config (strict: unknown names are errors)."""
+    presets = load_presets(presets_path)
+    names, pairs = split_argv(argv)
+    names = names or ['defaults']
+    if names[0] != 'defaults':
+        names = ['defaults'] + names
+    config = json.loads(json.dumps(presets['defaults']))  # deep copy
+    for name in names[1:]:
+        if name in PRESET_TYPOS:
+            print(f"Warning: preset '{name}' is a misspelling of '{PRESET_TYPOS[name]}' (as in the release README); "
+                  f"using '{PRESET_TYPOS[name]}'.", file=sys.stderr)
+            name = PRESET_TYPOS[name]
+        if name not in presets:
+            raise ConfigError(f"Unknown preset '{name}'.{_close(name, presets)} Presets: {', '.join(presets)}.")
+        _merge(config, presets[name], name)
+    for key, values in pairs:
+        parts = key.split('.')
+        node = config
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                options = node.keys() if isinstance(node, dict) else []
+                flat = list(options) + [f'{k}.{s}' for k, v in config.items() if isinstance(v, dict) for s in v]
+                raise ConfigError(f"Unknown config key '--{key}'.{_close(key, flat)} "
+                                  f"See configs.yaml for every key.")
+            if depth < len(parts) - 1:
+                node = node[part]
+        last = parts[-1]
+        if isinstance(node[last], dict):
+            raise ConfigError(f"--{key} is a group; set its entries, e.g. --{key}.{next(iter(node[last]))} VALUE.")
+        if not values:
+            raise ConfigError(f"--{key} needs a value.")
+        text = ','.join(values) if isinstance(node[last], (list, tuple)) else ' '.join(values)
+        node[last] = parse_value(text, node[last], key)
+    return finalize_config(Config(config))
+
+
+def finalize_config(config: Config) -> Config:
+    """Derived fields, computed once: numeric types, device, method (from the release's aliases)."""
+    for key in ('steps', 'eval_every', 'log_every', 'prefill', 'pretrain_steps', 'dataset_size', 'time_limit',
+                'pretrain_save_every'):
+        if key in config and config[key] is not None:
+            config[key] = int(float(config[key]))
+    if config.device in (None, 'auto'):
+        config.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    method = config.method_name
+    for flag, name in METHOD_ALIASES.items():
+        if config.get(flag):
+            if method not in ('dreamerv2', name):
+                raise ConfigError(f"--{flag} True selects method '{name}' but --method_name is '{method}'.")
+            method = name
+    if method not in METHODS:
+        raise ConfigError(f"Unknown --method_name '{method}'.{_close(method, METHODS)} Methods: {', '.join(METHODS)}.")
+    config.method_name = method
+    if config.batch_size < 1 or config.batch_length < 2:
+        raise ConfigError('--batch_size must be >= 1 and --batch_length >= 2.')
+    return config
+
+
+def save_config(config: Config, path: str) -> None:
+    from ruamel.yaml import YAML
+
+    buffer = io.StringIO()
+    YAML(typ='safe', pure=True).dump(config.to_dict(), buffer)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files, seeding, checkpoints
+# --------------------------------------------------------------------------------------------------------------------
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Writes via a temp file + rename so a crash never leaves a half-written file behind."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def rng_state() -> dict:
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Distributions and losses
+# --------------------------------------------------------------------------------------------------------------------
+def gaussian_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:
+    """DreamerV2's bounded std: 2 * sigmoid(x / 2) + min_std."""
+    return 2 * torch.sigmoid(raw / 2) + min_std
+
+
+def normal_kl(mean1, std1, mean2, std2) -> torch.Tensor:
+    """KL(N(mean1, std1) || N(mean2, std2)) summed over the last dim."""
+    var_ratio = (std1 / std2) ** 2
+    return 0.5 * (var_ratio + ((mean1 - mean2) / std2) ** 2 - 1 - torch.log(var_ratio)).sum(-1)
+
+
+def balanced_kl(post: dict, prior: dict, balance: float, free: float, scale: float):
+    """DreamerV2 KL balancing with free nats applied to the batch mean.
+
+    balance * max(mean KL(sg(post) || prior), free) + (1 - balance) * max(mean KL(post || sg(prior)), free).
+    Returns (loss, mean KL value) where the value is the plain KL(post || prior).
+    """
+    sg = lambda s: {k: v.detach() for k, v in s.items()}
+    post_sg, prior_sg = sg(post), sg(prior)
+    lhs = normal_kl(post_sg['mean'], post_sg['std'], prior['mean'], prior['std']).mean()
+    rhs = normal_kl(post['mean'], post['std'], prior_sg['mean'], prior_sg['std']).mean()
+    free_t = torch.tensor(free, device=lhs.device, dtype=lhs.dtype)
+    loss = balance * torch.maximum(lhs, free_t) + (1 - balance) * torch.maximum(rhs, free_t)
+    return scale * loss, rhs.detach()
+
+
+def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """-log N(target; mean, 1), summed over the last `event_dims` dims (includes the 0.5 log 2pi constant)."""
+    nll = 0.5 * (target - mean) ** 2 + 0.5 * np.log(2 * np.pi)
+    return nll.sum(dim=tuple(range(-event_dims, 0))) if event_dims else nll
+
+
+def standard_normal_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)) per dimension (the beta-VAE term)."""
+    return -0.5 * (1 + logvar - mean ** 2 - logvar.exp())
+
+
+class TruncNormal:
+    """The DreamerV2 actor distribution: Normal sample clipped to [-1, 1] with a straight-through gradient."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, low=-1.0, high=1.0, clip=1e-6):
+        self.mean, self.std = mean, std
+        self._normal = td.Normal(mean, std)
+        self._low, self._high, self._clip = low, high, clip
+
+    def rsample(self) -> torch.Tensor:
+        event = self._normal.rsample()
+        clipped = event.clamp(self._low + self._clip, self._high - self._clip)
+        return event - event.detach() + clipped.detach()
+
+    sample = rsample
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normal.log_prob(x).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return self._normal.entropy().sum(-1)
+
+
+def lambda_return(reward, value, discount, bootstrap, lambda_: float, reverse_bug: bool = False):
+    """TD(lambda) returns, time-major (T, ...): R_t = r_t + g_t * ((1 - l) V_{t+1} + l R_{t+1}), R_T = bootstrap.
+
+    `value[t]` is V(s_t); `value[t + 1]` (or `bootstrap` at the end) is the next state's value. With `reverse_bug`
+    the outputs come back in reversed time order, reproducing dreamer-torch / the DisWM release (DISWM_SPEC §7.11).
+    """
+    next_values = torch.cat([value[1:], bootstrap[None]], 0)
+    inputs = reward + discount * next_values * (1 - lambda_)
+    outputs = [None] * reward.shape[0]
+    last = bootstrap
+    for t in reversed(range(reward.shape[0])):
+        last = inputs[t] + discount[t] * lambda_ * last
+        outputs[t] = last
+    returns = torch.stack(outputs, 0)
+    return returns.flip(0) if reverse_bug else returns
+
+
+def distill_weight(step: int, cfg) -> float:
+    """The DisWM distillation weight eta at an agent step (DISWM_SPEC §1b, paper-faithful by default).
+
+    same domain:  eta0 * max(1 - step / decay, floor)
+    cross domain: 0 before `delay` agent steps, then eta0 * max(1 - (step - delay) / decay, floor)
+    """
+    offset = cfg.distill_delay if cfg.cross_domain else 0
+    if step < offset:
+        return 0.0
+    return float(cfg.distill_eta * max(1.0 - (step - offset) / cfg.distill_decay, cfg.distill_floor))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Optimisation helpers
+# --------------------------------------------------------------------------------------------------------------------
+class Optimizer:
+    """Adam with gradient clipping over a fixed parameter list; `step(loss)` returns the grad norm tensor."""
+
+    def __init__(self, name, parameters, lr, eps, clip, weight_decay=0.0):
+        self.name = name
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.clip = clip
+        kwargs = dict(lr=lr, eps=eps, weight_decay=weight_decay)
+        self.opt = torch.optim.AdamW(self.parameters, **kwargs) if weight_decay else torch.optim.Adam(
+            self.parameters, **kwargs)
+
+    def step(self, loss: torch.Tensor) -> torch.Tensor:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.clip, foreach=True)
+        self.opt.step()
+        return norm.detach()
+
+    def state_dict(self):
+        return self.opt.state_dict()
+
+    def load_state_dict(self, state):
+        self.opt.load_state_dict(state)
+
+
+class RequiresGrad:
+    """Context manager turning a module's gradients on for a block (and off after)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self.module.requires_grad_(True)
+
+    def __exit__(self, *args):
+        self.module.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------------------------------------
+class Logger:
+    """stdout + `<logdir>/metrics.jsonl` + TensorBoard (+ wandb when asked). Values may be tensors until written."""
+
+    def __init__(self, logdir: str, config=None, use_tensorboard=True, use_wandb=False):
+        self.logdir = logdir
+        self._scalars: dict[str, list] = {}
+        self._videos: dict[str, np.ndarray] = {}
+        self._images: dict[str, np.ndarray] = {}
+        self._writer = None
+        if use_tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._writer = SummaryWriter(logdir, max_queue=1000)
+            except Exception as e:  # tensorboard missing: keep jsonl logging
+                print(f'TensorBoard disabled ({e}).', file=sys.stderr)
+        self._wandb = None
+        if use_wandb:
+            import wandb  # only imported when asked
+            self._wandb = wandb.init(project='diswm', dir=logdir, config=config.to_dict() if config else None,
+                                     name=os.path.basename(os.path.normpath(logdir)), resume='allow')
+        self._last_time = time.time()
+
+    def scalar(self, name: str, value) -> None:
+        self._scalars.setdefault(name, []).append(value)
+
+    def scalars(self, metrics: dict, prefix: str = '') -> None:
+        for key, value in metrics.items():
+            self.scalar(prefix + key, value)
+
+    def video(self, name: str, value: np.ndarray) -> None:
+        self._videos[name] = value
+
+    def image(self, name: str, value: np.ndarray) -> None:
+        self._images[name] = value
+
+    def write(self, step: int, echo: bool = True) -> dict:
+        row = {'step': int(step)}
+        for name, values in self._scalars.items():
+            vals = [float(v.detach().float().mean().cpu()) if torch.is_tensor(v) else float(v) for v in values]
+            row[name] = float(np.mean(vals))
+        self._scalars.clear()
+        if len(row) > 1:
+            with open(os.path.join(self.logdir, 'metrics.jsonl'), 'a') as f:
+                f.write(json.dumps(row) + '\n')
+            if echo:
+                shown = ' / '.join(f'{k} {v:.4g}' for k, v in row.items() if k != 'step')
+                print(f'[{step}] {shown}', flush=True)
+        if self._writer is not None:
+            for name, value in row.items():
+                if name != 'step':
+                    self._writer.add_scalar(name, value, step)
+            for name, video in self._videos.items():
+                # video: (B, T, H, W, C) uint8 -> TensorBoard expects (N, T, C, H, W)
+                self._writer.add_video(name, np.transpose(video, (0, 1, 4, 2, 3)), step, fps=16)
+            for name, image in self._images.items():
+                self._writer.add_image(name, image, step, dataformats='HWC')
+            self._writer.flush()
+        if self._wandb is not None:
+            import wandb
+            payload = {k: v for k, v in row.items() if k != 'step'}
+            payload.update({k: wandb.Video(np.transpose(v[0], (0, 3, 1, 2)), fps=16) for k, v in self._videos.items()})
+            payload.update({k: wandb.Image(v) for k, v in self._images.items()})
+            self._wandb.log(payload, step=step)
+        self._videos.clear()
+        self._images.clear()
+        return row
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def timestamp() -> str:
+    return datetime.datetime.now().strftime('%Y%m%dT%H%M%S')
