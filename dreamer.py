@@ -111,10 +111,27 @@ def run_episode(env, policy, training: bool):
 # --------------------------------------------------------------------------------------------------------------------
 # Online training
 # --------------------------------------------------------------------------------------------------------------------
-def make_envs(config, schedule, phase: int, seed_offset: int):
+def make_env(config, seed: int, distractor: str):
+    """`env.make_env` with user errors (unknown suite or task) turned into one clear message."""
     import env as envs
-    train_env = envs.make_env(config.task, config, config.seed + seed_offset, schedule[f'train_{phase}'])
-    eval_env = envs.make_env(config.task, config, config.seed + 10_000 + seed_offset, schedule[f'eval_{phase}'])
+    try:
+        return envs.make_env(config.task, config, seed, distractor)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def distractor_schedule(config) -> dict:
+    import env as envs
+    try:
+        envs.split_task(config.task)
+        return envs.distractor_schedule(config.task, config.color_distractor)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def make_envs(config, schedule, phase: int, seed_offset: int):
+    train_env = make_env(config, config.seed + seed_offset, schedule[f'train_{phase}'])
+    eval_env = make_env(config, config.seed + 10_000 + seed_offset, schedule[f'eval_{phase}'])
     return train_env, eval_env
 
 
@@ -185,6 +202,7 @@ def train(config) -> None:
     import replay as replay_lib
     from tqdm import tqdm
 
+    schedule = distractor_schedule(config)  # validates the task before anything is written
     logdir = prepare_logdir(config)
     configure_torch(config)
     train_dir, eval_dir = os.path.join(logdir, 'train_eps'), os.path.join(logdir, 'eval_eps')
@@ -193,7 +211,6 @@ def train(config) -> None:
     repeat = config.action_repeat
     total_steps = config.steps // repeat
     switch_step = total_steps // 2 if config.color_distractor or config.task.startswith('metaworld_') else None
-    schedule = envs.distractor_schedule(config.task, config.color_distractor)
 
     replay = replay_lib.Replay(config.dataset_size or None, seed=config.seed)
     episodes, skipped = replay_lib.load_episodes(train_dir, limit_steps=config.dataset_size or None)
@@ -336,10 +353,12 @@ def evaluate_only(config) -> None:
 
     if not config.checkpoint or not os.path.exists(config.checkpoint):
         raise ConfigError(f"--mode eval needs --checkpoint PATH to a run's checkpoint.pt (got {config.checkpoint!r}).")
+    schedule = distractor_schedule(config)
     logdir = prepare_logdir(config)
     configure_torch(config)
-    schedule = envs.distractor_schedule(config.task, config.color_distractor)
-    eval_env = envs.make_env(config.task, config, config.seed + 20_000, schedule[config.eval_distractor])
+    if config.eval_distractor not in schedule:
+        raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
+    eval_env = make_env(config, config.seed + 20_000, schedule[config.eval_distractor])
     agent = models.Agent(config, eval_env.action_size, step=0)
     load_checkpoint(config.checkpoint, agent, None)
     logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard)

@@ -10,6 +10,7 @@ cross episode boundaries; `is_first` marks where the world model resets its stat
 """
 from __future__ import annotations
 
+import datetime
 import glob
 import io
 import os
@@ -31,7 +32,9 @@ def episode_length(episode: dict) -> int:
 def save_episode(directory: str, episode: dict) -> str:
     """Saves one episode as a compressed npz named `<timestamp>-<id>-<length>.npz`, atomically."""
     os.makedirs(directory, exist_ok=True)
-    name = f'{tools.timestamp()}-{uuid.uuid4().hex}-{episode_length(episode)}.npz'
+    # Microsecond timestamps keep the names in chronological order (the replay reloads them in that order).
+    stamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S%f')
+    name = f'{stamp}-{uuid.uuid4().hex}-{episode_length(episode)}.npz'
     path = os.path.join(directory, name)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in episode.items()})

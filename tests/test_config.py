@@ -1,0 +1,91 @@
+"""Config merging, CLI parsing and the errors a user can cause."""
+import pytest
+
+import tools
+from tools import ConfigError
+
+
+def cfg(*argv):
+    return tools.make_config(list(argv))
+
+
+def test_presets_merge_in_order():
+    c = cfg('--configs', 'defaults', 'dmc2gym', 'debug')
+    assert c.reward_scale == 2.0 and c.batch_size == 4 and c.time_limit == 200   # debug overrides dmc2gym
+    c = cfg('--configs', 'defaults', 'debug', 'dmc2gym')
+    assert c.time_limit == 1000                                                   # later preset wins
+    c = cfg('--configs', 'defaults', 'gymnasium')
+    assert c.color.step_std == 0.1 and c.color.max_delta == 0.2                   # nested merge keeps siblings
+
+
+def test_paper_hyperparameters_are_defaults():
+    c = cfg()
+    assert (c.batch_size, c.batch_length, c.z_dim, c.beta_vae_beta) == (50, 50, 20, 0.015)
+    assert (c.model_lr, c.actor_lr, c.value_lr) == (3e-4, 8e-5, 8e-5)
+    assert (c.imag_horizon, c.discount, c.discount_lambda) == (15, 0.99, 0.95)
+    assert (c.dyn_stoch, c.dyn_deter, c.dyn_hidden) == (50, 200, 200)
+    assert (c.kl_balance, c.kl_free) == (0.8, 1.0)
+    assert c.steps == 1_000_000 and isinstance(c.steps, int)
+
+
+@pytest.mark.parametrize('text,value', [('True', True), ('true', True), ('1', True), ('False', False),
+                                        ('false', False), ('0', False)])
+def test_bool_forms(text, value):
+    assert cfg('--traverse', text).traverse is value
+
+
+def test_value_types():
+    c = cfg('--steps', '1e5', '--model_lr', '1e-3', '--seed', '3', '--size', '32,32', '--checkpoint', 'None',
+            '--color.max_delta', '0.1', '--color.train_base', '0.1,0.2,0.3', '--task', 'dmc2gym_cheetah_run')
+    assert c.steps == 100_000 and isinstance(c.steps, int)
+    assert c.model_lr == 1e-3 and c.seed == 3 and c.size == [32, 32] and c.checkpoint is None
+    assert c.color.max_delta == 0.1 and c.color.train_base == [0.1, 0.2, 0.3]
+    assert c.task == 'dmc2gym_cheetah_run'
+    assert cfg('--size', '48', '48').size == [48, 48]          # space-separated lists work too
+    assert cfg('--seed=5').seed == 5
+    assert cfg('--distill_floor', '-1').distill_floor == -1.0  # negative numbers are values, not flags
+
+
+def test_unknown_key_names_closest():
+    with pytest.raises(ConfigError, match="batch_size"):
+        cfg('--batch_sise', '8')
+    with pytest.raises(ConfigError, match="max_delta"):
+        cfg('--color.max_delt', '0.1')
+
+
+def test_unknown_preset_names_closest():
+    with pytest.raises(ConfigError, match="dmc2gym"):
+        cfg('--configs', 'defaults', 'dmc2gm')
+
+
+def test_bad_value_type():
+    with pytest.raises(ConfigError, match='--batch_size expects a int'):
+        cfg('--batch_size', 'eight')
+    with pytest.raises(ConfigError, match='True/False'):
+        cfg('--traverse', 'maybe')
+    with pytest.raises(ConfigError, match='group'):
+        cfg('--color', '0.1')
+
+
+def test_release_aliases_select_method(capsys):
+    assert cfg('--distillation', 'True').method_name == 'diswm'
+    assert cfg('--fine_tune', 'True').method_name == 'apv'
+    assert cfg('--naive_fine_tune', 'True').method_name == 'dv2_finetune'
+    assert cfg('--configs', 'defaults', 'metawolrd').dyn_cell == 'gru'
+    assert 'misspelling' in capsys.readouterr().err
+    with pytest.raises(ConfigError, match='Unknown --method_name'):
+        cfg('--method_name', 'diswn')
+
+
+def test_device_default():
+    import torch
+    assert cfg().device == ('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def test_every_default_key_is_documented():
+    import os
+    text = open(os.path.join(tools.ROOT, 'configs.yaml')).read()
+    block = text.split('\ndmc2gym:')[0]
+    for line in block.splitlines()[1:]:
+        if line.strip() and not line.strip().startswith('#') and ':' in line and not line.strip().startswith('-'):
+            assert '#' in line or line.rstrip().endswith(':'), f'undocumented key: {line}'

@@ -1,0 +1,141 @@
+"""Numbers checked against slow, obvious versions: lambda-returns, the RSSM scan, KL terms, schedules."""
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import models
+import networks
+import tools
+
+
+def test_lambda_return_matches_plain_loop():
+    torch.manual_seed(0)
+    T, N, lam = 7, 3, 0.9
+    reward, value, disc = torch.randn(T, N), torch.randn(T, N), torch.rand(T, N)
+    bootstrap = torch.randn(N)
+    out = tools.lambda_return(reward, value, disc, bootstrap, lam)
+    expected = torch.zeros(T, N)
+    for n in range(N):
+        for t in range(T):
+            # Definition by expansion: G_t^lambda as a weighted sum of n-step returns.
+            total, weight_sum = 0.0, 0.0
+            values = list(value[:, n]) + [bootstrap[n]]
+            for k in range(1, T - t + 1):
+                ret, g = 0.0, 1.0
+                for j in range(k):
+                    ret += g * reward[t + j, n]
+                    g *= disc[t + j, n]
+                ret += g * values[t + k]
+                w = (1 - lam) * lam ** (k - 1) if k < T - t else lam ** (k - 1)
+                total += w * ret
+                weight_sum += w
+            expected[t, n] = total
+            assert abs(weight_sum - 1) < 1e-6
+    assert torch.allclose(out, expected, atol=1e-5)
+    # release_compat reproduces the time-reversed order of the release
+    assert torch.allclose(tools.lambda_return(reward, value, disc, bootstrap, lam, reverse_bug=True),
+                          expected.flip(0), atol=1e-5)
+
+
+def test_rssm_scan_matches_step_loop():
+    torch.manual_seed(0)
+    rssm = networks.RSSM(stoch=8, deter=16, hidden=12, action_size=3, embed_size=5)
+    B, T = 4, 6
+    embed, action = torch.randn(B, T, 5), torch.randn(B, T, 3)
+    is_first = torch.zeros(B, T)
+    is_first[:, 0] = 1
+    is_first[1, 3] = 1
+    post, prior = rssm.observe(embed, action, is_first, sample=False)
+    state = rssm.initial(B)
+    for t in range(T):
+        keep = (1 - is_first[:, t])[:, None]
+        prev = {k: v * keep for k, v in state.items()}
+        x = rssm.img_in(torch.cat([prev['stoch'], action[:, t] * keep], -1))
+        deter = rssm.cell(x, prev['deter'])
+        pm, pr = rssm.img_out(deter).chunk(2, -1)
+        qm, qr = rssm.obs_out(torch.cat([deter, embed[:, t]], -1)).chunk(2, -1)
+        assert torch.allclose(prior['mean'][:, t], pm, atol=1e-6)
+        assert torch.allclose(prior['std'][:, t], 2 * torch.sigmoid(pr / 2) + 0.1, atol=1e-6)
+        assert torch.allclose(post['mean'][:, t], qm, atol=1e-6)
+        state = dict(mean=qm, std=2 * torch.sigmoid(qr / 2) + 0.1, stoch=qm, deter=deter)
+    # a reset in the middle makes row 1 from t=3 on identical to a fresh sequence
+    fresh, _ = rssm.observe(embed[1:2, 3:], action[1:2, 3:], is_first[1:2, 3:], sample=False)
+    assert torch.allclose(fresh['deter'][0], post['deter'][1, 3:], atol=1e-6)
+
+
+def test_action_free_path_ignores_actions():
+    torch.manual_seed(0)
+    rssm = networks.RSSM(stoch=8, deter=16, hidden=12, action_size=2, embed_size=5)
+    embed, is_first = torch.randn(2, 5, 5), torch.zeros(2, 5)
+    a, _ = rssm.observe_action_free(embed, is_first)
+    b, _ = rssm.observe_action_free(embed, is_first)
+    zero, _ = rssm.observe(embed, torch.zeros(2, 5, 2), is_first, sample=False)
+    other, _ = rssm.observe(embed, torch.randn(2, 5, 2), is_first, sample=False)
+    assert torch.equal(a['stoch'], b['stoch']) and torch.allclose(a['stoch'], zero['stoch'])
+    assert not torch.allclose(a['stoch'], other['stoch'])     # the action-conditioned path does use actions
+
+
+def test_kl_balancing_by_hand():
+    post = dict(mean=torch.tensor([[0.5, -1.0]]), std=torch.tensor([[0.8, 1.2]]))
+    prior = dict(mean=torch.tensor([[0.0, 0.0]]), std=torch.tensor([[1.0, 1.0]]))
+    kl = 0.0
+    for m, s in zip([0.5, -1.0], [0.8, 1.2]):
+        kl += np.log(1.0 / s) + (s ** 2 + m ** 2) / 2 - 0.5
+    loss, value = tools.balanced_kl(post, prior, 0.8, 0.0, 1.0)
+    assert abs(value.item() - kl) < 1e-5 and abs(loss.item() - kl) < 1e-5
+    loss, _ = tools.balanced_kl(post, prior, 0.8, 5.0, 2.0)
+    assert abs(loss.item() - 2 * 5.0) < 1e-6                  # free nats clamp the batch mean
+    # the gradient split: 0.8 of the gradient reaches the prior, 0.2 the posterior
+    pm = torch.zeros(1, 2, requires_grad=True)
+    qm = torch.tensor([[0.5, -1.0]], requires_grad=True)
+    loss, _ = tools.balanced_kl(dict(mean=qm, std=post['std']), dict(mean=pm, std=prior['std']), 0.8, 0.0, 1.0)
+    loss.backward()
+    assert torch.allclose(pm.grad, -0.8 * torch.tensor([[0.5, -1.0]]), atol=1e-6)
+    assert torch.allclose(qm.grad, 0.2 * torch.tensor([[0.5, -1.0]]), atol=1e-6)
+
+
+def test_beta_vae_kl_by_hand():
+    mean, logvar = torch.tensor([[0.3, -0.2]]), torch.tensor([[0.1, -0.5]])
+    expected = [0.5 * (np.exp(lv) + m ** 2 - 1 - lv) for m, lv in [(0.3, 0.1), (-0.2, -0.5)]]
+    assert np.allclose(tools.standard_normal_kl(mean, logvar).numpy()[0], expected, atol=1e-6)
+    prior = models.BetaVAEPrior(0.015)
+    out = {'enc': {'mean': mean[None].expand(2, 3, 2), 'logvar': logvar[None].expand(2, 3, 2)}}
+    terms, metrics = prior(out, 0)
+    value, weight = terms['beta_vae_kl']
+    assert weight == 0.015 and abs(value.item() - sum(expected)) < 1e-5
+    assert abs(metrics['beta_vae_kl_dim/01'].item() - expected[1]) < 1e-6
+
+
+def test_distillation_loss_by_hand():
+    torch.manual_seed(0)
+    t, s = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    total = 0.0
+    for b in range(3):
+        for k in range(4):
+            p = np.exp(t[b, k].numpy()) / np.exp(t[b, k].numpy()).sum()
+            q = np.exp(s[b, k].numpy()) / np.exp(s[b, k].numpy()).sum()
+            total += (p * np.log(p / q)).sum()
+    assert abs(models.distillation_loss(t, s).item() - total / 3) < 1e-5
+    ref = torch.nn.functional.kl_div(torch.log_softmax(s, -1), torch.softmax(t, -1), reduction='batchmean')
+    assert abs(models.distillation_loss(t, s).item() - ref.item()) < 1e-5     # the release's formulation
+
+
+@pytest.mark.parametrize('cross,expected', [(False, [0.1, 0.05, 0.01, 0.01]), (True, [0.0, 0.0, 0.1, 0.01])])
+def test_distillation_weight_schedule(cross, expected):
+    c = types.SimpleNamespace(distill_eta=0.1, distill_decay=5e4, distill_floor=0.1, distill_delay=5e4,
+                              cross_domain=cross)
+    got = [tools.distill_weight(s, c) for s in (0, 25_000, 50_000, 100_000)]
+    assert np.allclose(got, expected)
+    if cross:
+        assert tools.distill_weight(49_999, c) == 0 and tools.distill_weight(75_000, c) == pytest.approx(0.05)
+
+
+def test_trunc_normal_stays_in_bounds_with_gradient():
+    mean = torch.zeros(1000, 2, requires_grad=True)
+    dist = tools.TruncNormal(torch.tanh(mean), torch.full((1000, 2), 3.0))
+    sample = dist.rsample()
+    assert sample.abs().max() < 1
+    sample.sum().backward()
+    assert torch.allclose(mean.grad, torch.ones_like(mean))   # straight-through clip

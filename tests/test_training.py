@@ -1,0 +1,107 @@
+"""End-to-end runs of dreamer.py in a subprocess on a real DMC task (debug preset, tiny budgets)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = ['--configs', 'defaults', 'dmc2gym', 'debug', '--task', 'dmc2gym_reacher_easy', '--prefill', '60',
+        '--time_limit', '60', '--eval_every', '200', '--log_every', '100', '--eval_episodes', '1',
+        '--batch_length', '8', '--pretrain', '2', '--progress', 'False', '--threads', '1']
+
+
+def run(args, timeout=300, check=True):
+    env = dict(os.environ, MUJOCO_GL='egl', PYTHONUNBUFFERED='1')
+    proc = subprocess.run([sys.executable, 'dreamer.py', *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'dreamer.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
+    return proc
+
+
+def rows(logdir):
+    with open(os.path.join(logdir, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_smoke_run_writes_everything(tmp_path):
+    logdir = str(tmp_path / 'run')
+    proc = run(BASE + ['--logdir', logdir, '--steps', '400', '--color_distractor', 'True'])
+    for name in ('config.yaml', 'metrics.jsonl', 'checkpoint.pt'):
+        assert os.path.exists(os.path.join(logdir, name)), name
+    train_eps = os.listdir(os.path.join(logdir, 'train_eps'))
+    eval_eps = os.listdir(os.path.join(logdir, 'eval_eps'))
+    assert len(train_eps) >= 6 and len(eval_eps) == 2          # 200 agent steps / 30; one eval episode x 2 evals
+    data = np.load(os.path.join(logdir, 'train_eps', sorted(train_eps)[0]))
+    assert data['image'].shape == (31, 64, 64, 3) and data['image'].dtype == np.uint8
+    assert data['action'].shape == (31, 2) and data['is_first'][0] and not data['is_first'][1:].any()
+    assert data['color'].shape[0] == 31
+    r = rows(logdir)
+    keys = set().union(*r)
+    assert {'train_return', 'eval_return', 'eval_return_average', 'model_loss', 'image_loss', 'kl_loss',
+            'actor_loss', 'critic_loss'} <= keys
+    assert max(row['step'] for row in r) == 400               # logged steps are env steps
+    assert any(row.get('distractor_switch') for row in r)
+    assert 'Distractor switch at agent step 100' in proc.stdout  # half of 400 env steps / action repeat 2
+    assert 'checkpoint:' in proc.stdout and logdir in proc.stdout
+
+
+def test_same_seed_same_numbers(tmp_path):
+    args = BASE + ['--steps', '160', '--eval_every', '1000', '--seed', '7']
+    a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+    run(args + ['--logdir', a])
+    run(args + ['--logdir', b])
+    first = lambda d: next(row for row in rows(d) if 'model_loss' in row)
+    ra, rb = first(a), first(b)
+    for key in ('model_loss', 'image_loss', 'kl_loss', 'actor_loss', 'critic_loss'):
+        assert ra[key] == rb[key], key
+    ea = sorted(os.listdir(os.path.join(a, 'train_eps')))
+    eb = sorted(os.listdir(os.path.join(b, 'train_eps')))
+    for fa, fb in zip(ea, eb):
+        assert np.array_equal(np.load(os.path.join(a, 'train_eps', fa))['image'],
+                              np.load(os.path.join(b, 'train_eps', fb))['image'])
+
+
+def test_killed_run_resumes_without_losing_episodes(tmp_path):
+    logdir = str(tmp_path / 'run')
+    args = BASE + ['--logdir', logdir, '--color_distractor', 'True']
+    env = dict(os.environ, MUJOCO_GL='egl', PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen([sys.executable, 'dreamer.py', *args, '--steps', '2000'], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = os.path.join(logdir, 'checkpoint.pt')
+    deadline = time.time() + 240
+    while not os.path.exists(ckpt) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert os.path.exists(ckpt), 'no checkpoint written'
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = set(os.listdir(os.path.join(logdir, 'train_eps')))
+    steps_before = sum(int(f.rsplit('-', 1)[1].split('.')[0]) for f in before)
+    assert not [f for f in before if not f.endswith('.npz')]   # nothing half-written
+    out = run(args + ['--steps', str(2 * steps_before * 2 + 120)])
+    assert f'Resuming from {ckpt}: agent step {steps_before}' in out.stdout
+    after = set(os.listdir(os.path.join(logdir, 'train_eps')))
+    assert before <= after and len(after) > len(before)
+    r = rows(logdir)
+    steps = [row['step'] for row in r]
+    assert max(steps) == 2 * steps_before * 2 + 120
+    assert 'Prefilling' not in out.stdout                       # no second prefill on resume
+
+
+def test_user_errors_exit_cleanly(tmp_path):
+    for args, needle in [(['--batch_sise', '8'], "batch_size"), (['--configs', 'defaults', 'dmc2gm'], 'dmc2gym'),
+                         (['--task', 'dmc2gym_reacher_esy'], 'dmc2gym_reacher_easy'),
+                         (['--task', 'atari_pong'], 'Unknown suite'), (['--seed', 'x'], 'expects a int')]:
+        proc = run(args + ['--logdir', str(tmp_path / 'e')], check=False, timeout=60)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert needle in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr
+    blocker = tmp_path / 'file'
+    blocker.write_text('x')
+    proc = run(['--logdir', str(blocker / 'sub'), '--task', 'dmc2gym_reacher_easy'], check=False, timeout=60)
+    assert proc.returncode == 2 and 'Cannot write to --logdir' in proc.stderr
