@@ -460,7 +460,8 @@ class Logger:
             with open(os.path.join(self.logdir, 'metrics.jsonl'), 'a') as f:
                 f.write(json.dumps(row) + '\n')
             if echo:
-                shown = ' / '.join(f'{k} {v:.4g}' for k, v in row.items() if k != 'step')
+                # Per-dimension groups (name/index) stay in the files, not on the terminal.
+                shown = ' / '.join(f'{k} {v:.4g}' for k, v in row.items() if k != 'step' and '/' not in k)
                 print(f'[{step}] {shown}', flush=True)
         if self._writer is not None:
             for name, value in row.items():

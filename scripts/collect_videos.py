@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='Any configs.yaml key is also accepted, e.g. --seed 0 --time_limit 1000 --action_repeat 2 '
                '--color.max_delta 0.2 --color.step_std 0.2 --release_compat False --device cpu --progress False.',
         allow_abbrev=False)
-    # `--task` is a configs.yaml key; declared here only so that --help shows it.
-    parser.add_argument('--task', help='task name, e.g. dmc2gym_reacher_easy (required)')
+    # `--task` is a configs.yaml key, read here first because it picks the preset (dmc2gym, gymnasium, metaworld).
+    parser.add_argument('--task', required=True, help='task name, e.g. dmc2gym_reacher_easy')
     parser.add_argument('--policy', default='random',
                         help="'random' (uniform in [-1, 1], seeded) or the path of a run's checkpoint.pt (or its run "
                              "folder); the run's config.yaml next to it rebuilds the agent")
@@ -74,8 +74,6 @@ def parse_args(argv: list[str]):
     args.sample_actions = tools.parse_value(args.sample_actions, False, 'sample_actions')
     if args.episodes < 1:
         raise ConfigError(f'--episodes must be at least 1, got {args.episodes}.')
-    if not args.task:
-        raise ConfigError('--task is required, e.g. --task dmc2gym_reacher_easy.')
     presets, pairs = tools.split_argv(rest)
     explicit = {key for key, _ in pairs}
     if not presets:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Table B: finger_spin -> DrawerWorld drawer-open / drawer-close (success rate), every method.
+# A thin wrapper around scripts/sweep.py (the experiment table lives in scripts/experiments.py); every option of
+# sweep.py works here, e.g.
+#   SEEDS="0 1 2" scripts/finetune_tableB.sh --dry-run
+#   scripts/finetune_tableB.sh --launcher local --jobs 2 --methods diswm
+#   scripts/finetune_tableB.sh --launcher slurm --partition gpu --time 2880
+#   scripts/finetune_tableB.sh --preset debug --steps 2000 -- --threads 1     # flags after -- go to dreamer.py
+# Environment: SEEDS (default "0 1 2"), STEPS, PRESETS, EXTRA, JOBS, LAUNCHER, CUDA_VISIBLE_DEVICES, PYTHON.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+python="${PYTHON:-}"
+if [[ -z "$python" ]]; then
+  if [[ -x "$here/../.venv/bin/python" ]]; then python="$here/../.venv/bin/python"; else python=python3; fi
+fi
+exec "$python" "$here/sweep.py" tableB "$@"

@@ -1,0 +1,226 @@
+"""Pretraining (stage 1) and the finetuning methods (DisWM, DV2 Finetune, APV) built on its checkpoints."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import models
+import networks
+import replay as replay_lib
+import tools
+from tools import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config(*argv, logdir='/tmp/unused'):
+    return tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--logdir', logdir, '--device', 'cpu',
+                              *argv])
+
+
+def make_checkpoint(directory, z_dim=20, seed=0):
+    torch.manual_seed(seed)
+    cfg = config('--beta_vae_pretrain', 'True', '--beta_vae', 'True', '--z_dim', str(z_dim))
+    wm = models.WorldModel(cfg, cfg.pretrain_action_num, models.METHOD_SPECS['pretrain'])
+    models.save_video_model(str(directory), wm, dict(z_dim=z_dim, pretrain_action_num=2))
+    return wm
+
+
+def random_batch(B=2, T=8, A=6, seed=0):
+    rng = np.random.default_rng(seed)
+    batch = dict(image=rng.integers(0, 255, (B, T, 64, 64, 3), dtype=np.uint8),
+                 action=rng.uniform(-1, 1, (B, T, A)).astype(np.float32),
+                 reward=rng.normal(size=(B, T)).astype(np.float32), is_first=np.zeros((B, T), bool))
+    batch['is_first'][:, 0] = True
+    return batch
+
+
+def method_config(method, ckpt, *extra):
+    return config('--method_name', method, '--beta_vae', 'True', '--pretrain_checkpoint_path', str(ckpt),
+                  '--source_action_num', '2', '--action_num_gap', '4', *extra)
+
+
+def test_teacher_is_truly_frozen(tmp_path):
+    make_checkpoint(tmp_path)
+    agent = models.Agent(method_config('diswm', tmp_path), 6)
+    distill = next(p for p in agent.wm.parts if isinstance(p, models.Distillation))
+    teacher = distill.teacher
+    saved = torch.load(tmp_path / 'encoder.pt')
+    opt_params = {id(p) for group in agent.model_opt.opt.param_groups for p in group['params']}
+    assert not any(id(p) in opt_params for p in teacher.parameters())
+    student_before = [p.clone() for p in agent.wm.encoder.parameters()]
+    for i in range(3):
+        metrics = agent.update(random_batch(seed=i), step=100)
+        assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, saved[name]), name             # bit-identical
+    assert any(not torch.equal(a, b) for a, b in zip(student_before, agent.wm.encoder.parameters()))
+    assert metrics['distill_loss'] > 0 and metrics['distill_eta'] == pytest.approx(0.1 * (1 - 100 / 5e4))
+    # the student starts from scratch, not from the teacher's weights
+    assert not torch.equal(agent.wm.encoder.head.weight, saved['head.weight'])
+
+
+def test_release_compat_trains_teacher_and_freezes_eta(tmp_path):
+    make_checkpoint(tmp_path)
+    agent = models.Agent(method_config('diswm', tmp_path, '--release_compat', 'True'), 6, step=2500)
+    teacher = next(p for p in agent.wm.parts if isinstance(p, models.Distillation)).teacher
+    saved = torch.load(tmp_path / 'encoder.pt')
+    metrics = agent.update(random_batch(), step=40_000)
+    assert metrics['distill_eta'] == pytest.approx(0.1 * (1 - 2500 / 5e4))   # frozen at construction
+    assert any(not torch.equal(v, saved[k]) for k, v in teacher.state_dict().items())
+
+
+def test_dv2_finetune_loads_and_pads_actions(tmp_path):
+    video = make_checkpoint(tmp_path)
+    agent = models.Agent(method_config('dv2_finetune', tmp_path), 5)    # union 2 + 4 = 6 > 5 target actions
+    assert torch.equal(agent.wm.encoder.head.weight, video.encoder.head.weight)
+    assert torch.equal(agent.wm.decoder.deconvs[-1].weight, video.decoder.deconvs[-1].weight)
+    weight = agent.wm.rssm.img_in[0].weight
+    stoch = agent.config.dyn_stoch
+    assert weight.shape[1] == stoch + 6
+    assert torch.equal(weight[:, :stoch + 2], video.rssm.img_in[0].weight)
+    assert torch.count_nonzero(weight[:, stoch + 2:]) == 0           # new action columns start at zero
+    metrics = agent.update(random_batch(A=5), step=0)
+    assert torch.isfinite(metrics['model_loss'])
+    with pytest.raises(ConfigError, match='action_num_gap to 5'):
+        models.Agent(method_config('dv2_finetune', tmp_path), 7)
+
+
+def test_apv_stacks_video_model_and_adds_bonus(tmp_path):
+    video = make_checkpoint(tmp_path)
+    agent = models.Agent(method_config('apv', tmp_path, '--queue_size', '64', '--intr_k', '2'), 6)
+    assert torch.equal(agent.wm.video_rssm.img_in[0].weight, video.rssm.img_in[0].weight)
+    for i in range(2):
+        metrics = agent.update(random_batch(seed=i), step=0)
+    assert {'video_kl_loss', 'intr_reward'} <= set(metrics) and metrics['intr_reward'] > 0
+
+
+def test_intrinsic_bonus_is_knn_distance():
+    cfg = config('--queue_size', '8', '--queue_dim', '4', '--intr_k', '2', '--intr_seq_length', '1')
+    bonus = models.VideoIntrinsicBonus(3, cfg)
+    real = torch.randn(1, 8, 3)
+    bonus.update_queue(real)
+    query = torch.randn(1, 5, 3)
+    keys = real[0] @ bonus.projection
+    q = query[0] @ bonus.projection
+    dist = torch.cdist(q, keys)
+    kth = dist.sort(-1).values[:, 1]                               # 2nd nearest neighbour
+    var_before = bonus.running_var.clone()
+    out = bonus(query)
+    expected = kth / (0.99 * var_before + 0.01 * kth.var()).sqrt()
+    assert torch.allclose(out[0], expected, atol=1e-5)
+
+
+def test_checkpoint_shape_mismatch_names_both_sizes(tmp_path):
+    make_checkpoint(tmp_path, z_dim=10)
+    with pytest.raises(ConfigError, match='z_dim 10.*z_dim 20'):
+        models.Agent(method_config('diswm', tmp_path), 6)
+    with pytest.raises(ConfigError, match='not found'):
+        models.Agent(method_config('diswm', tmp_path / 'missing'), 6)
+    with pytest.raises(ConfigError, match='--beta_vae True'):
+        models.Agent(config('--method_name', 'diswm'), 6)
+
+
+def moving_square_dataset(directory, episodes=4, length=24):
+    """Tiny learnable videos: a coloured square moving across a plain background."""
+    rng = np.random.default_rng(0)
+    for e in range(episodes):
+        frames = np.zeros((length, 64, 64, 3), np.uint8)
+        frames[:] = rng.integers(0, 255, 3)
+        x, v = rng.integers(0, 48), rng.choice([-2, 2])
+        for t in range(length):
+            frames[t, 20:36, x:x + 16] = (255, 255, 255)
+            x = int(np.clip(x + v, 0, 48))
+        replay_lib.save_episode(str(directory), dict(image=frames, is_terminal=np.zeros(length, bool),
+                                                     logprob=np.zeros(length, np.float32)))
+
+
+def test_pretraining_loss_goes_down(tmp_path):
+    moving_square_dataset(tmp_path)
+    torch.manual_seed(0)
+    cfg = config('--beta_vae_pretrain', 'True', '--beta_vae', 'True')
+    wm = models.WorldModel(cfg, 2, models.METHOD_SPECS['pretrain'])
+    opt = tools.Optimizer('m', wm.parameters(), 1e-3, 1e-5, 100)
+    episodes, _ = replay_lib.load_video_dataset(str(tmp_path), min_length=16)
+    buffer = replay_lib.Replay(seed=0)
+    for ep in episodes:
+        buffer.add_episode(ep)
+    losses = []
+    for _ in range(40):
+        batch = buffer.sample(4, 16)
+        data = {'image': torch.as_tensor(batch['image']), 'is_first': torch.as_tensor(batch['is_first']).float()}
+        loss, _, metrics = wm.loss(data, 0)
+        opt.step(loss)
+        losses.append(metrics['image_loss'].item())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 50
+
+
+def run(args, timeout=300):
+    env = dict(os.environ, MUJOCO_GL='egl', PYTHONUNBUFFERED='1')
+    proc = subprocess.run([sys.executable, 'dreamer.py', *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f'{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
+    return proc
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp('pretrain')
+    moving_square_dataset(root / 'videos' / 'nested')
+    (root / 'videos' / 'corrupt-0-1.npz').write_bytes(b'broken')
+    logdir = root / 'run'
+    args = ['--configs', 'defaults', 'dmc2gym', '--task', 'dmc2gym_reacher_easy', '--logdir', str(logdir), '--seed',
+            '0', '--beta_vae_pretrain', 'True', '--beta_vae', 'True', '--pretrain_action_num', '2',
+            '--pretrain_datasets_path', str(root / 'videos'), '--batch_size', '4', '--batch_length', '16',
+            '--pretrain_save_every', '5', '--progress', 'False', '--threads', '1']
+    first = run(args + ['--pretrain_steps', '40'])                 # 40 sequences / batch 4 = 10 updates
+    second = run(args + ['--pretrain_steps', '60'])                # resumes at update 10, stops at 15
+    return logdir, first, second
+
+
+def test_pretraining_run_writes_loadable_checkpoints(pretrained):
+    logdir, first, second = pretrained
+    assert 'for 10 updates' in first.stdout and 'Skipped 1 unreadable' in first.stdout
+    assert 'Resuming pretraining' in second.stdout and 'at update 10' in second.stdout
+    for directory in (logdir, logdir / 'checkpoints' / '15', logdir / 'checkpoints' / '5'):
+        for name in ('encoder.pt', 'decoder.pt', 'rssm.pt', 'meta.json', 'traverse.png'):
+            assert (directory / name).exists(), directory / name
+    meta = json.loads((logdir / 'meta.json').read_text())
+    assert meta['z_dim'] == 20 and meta['updates'] == 15 and meta['pretrain_action_num'] == 2
+    # the files load into fresh modules that give identical outputs
+    encoder, fresh = networks.BetaVAEEncoder(20), networks.BetaVAEEncoder(20)
+    encoder.load_state_dict(torch.load(logdir / 'encoder.pt'))
+    fresh.load_state_dict(torch.load(logdir / 'checkpoints' / '15' / 'encoder.pt'))
+    image = torch.rand(1, 2, 64, 64, 3) - 0.5
+    assert torch.equal(encoder(image, sample=False)['mean'], fresh(image, sample=False)['mean'])
+    rows = [json.loads(line) for line in open(logdir / 'metrics.jsonl')]
+    assert any('beta_vae_kl_loss' in r and 'image_loss' in r and 'beta_vae_kl_dim/00' in r for r in rows)
+    import imageio.v2 as imageio
+    assert imageio.imread(logdir / 'traverse.png').shape == (20 * 64, 7 * 64, 3)
+
+
+@pytest.mark.parametrize('method,terms', [('diswm', {'distill_loss', 'distill_eta', 'beta_vae_kl_loss'}),
+                                          ('dv2_finetune', {'beta_vae_kl_loss'}),
+                                          ('apv', {'intr_reward', 'video_kl_loss'})])
+def test_methods_run_from_pretrained_checkpoint(pretrained, tmp_path, method, terms):
+    logdir = tmp_path / method
+    args = ['--device', 'cpu', '--task', 'dmc2gym_cheetah_run', '--logdir', str(logdir), '--pretrain_checkpoint_path',
+            str(pretrained[0]), '--seed', '0', '--configs', 'defaults', 'dmc2gym', 'debug', '--traverse', 'True',
+            '--beta_vae', 'True', '--method_name', method, '--cross_domain', 'False', '--source_action_num', '2',
+            '--action_num_gap', '4', '--color_distractor', 'True', '--steps', '300', '--prefill', '60',
+            '--time_limit', '60', '--eval_every', '300', '--eval_episodes', '1', '--batch_length', '8',
+            '--progress', 'False', '--threads', '1', '--distill_decay', '100']
+    if method == 'diswm':
+        args += ['--distillation', 'True']
+    run(args)
+    rows = [json.loads(line) for line in open(logdir / 'metrics.jsonl')]
+    keys = set().union(*rows)
+    assert terms | {'train_return', 'eval_return', 'model_loss'} <= keys
+    assert list((logdir / 'traversals').glob('*.png'))
+    if method == 'diswm':
+        etas = [r['distill_eta'] for r in rows if 'distill_eta' in r]
+        assert etas[-1] < etas[0]                                # eta follows the advancing agent step
