@@ -222,7 +222,7 @@ def train(config) -> None:
     phase = 2 if switch_step is not None and step >= switch_step else 1
     train_env, eval_env = make_envs(config, schedule, phase, seed_offset=len(episodes))
     action_size = train_env.action_size
-    agent = models.Agent(config, action_size, step=step)
+    agent = models.make_agent(config, action_size, step=step)
     counters = {'step': step, 'updates': 0, 'episodes': len(episodes), 'eval_episodes_done': 0}
     if os.path.exists(ckpt_path):
         saved = load_checkpoint(ckpt_path, agent, replay)
@@ -359,7 +359,7 @@ def evaluate_only(config) -> None:
     if config.eval_distractor not in schedule:
         raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
     eval_env = make_env(config, config.seed + 20_000, schedule[config.eval_distractor])
-    agent = models.Agent(config, eval_env.action_size, step=0)
+    agent = models.make_agent(config, eval_env.action_size, step=0)
     load_checkpoint(config.checkpoint, agent, None)
     logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard)
     returns, successes, recs = evaluate(agent, eval_env, config, logger, config.eval_episodes,

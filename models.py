@@ -277,6 +277,7 @@ class WorldModel(nn.Module):
         out = self.observe(data)
         feat = self.rssm.feat(out['post'])
         out['feat'] = feat
+        out['data'] = data
         terms = {}
         recon = self.decoder(feat)
         terms['image'] = (tools.gaussian_nll(recon, out['image'], 3).mean(), 1.0)
@@ -538,3 +539,11 @@ class Agent(nn.Module):
     def load_optimizer_state(self, state: dict) -> None:
         for o in (self.model_opt, self.actor_opt, self.critic_opt):
             o.load_state_dict(state[o.name])
+
+
+def make_agent(config, action_size: int, step: int = 0) -> Agent:
+    """The one place where the method picks its agent class (Vid2Act extends the DreamerV2 agent)."""
+    if config.method_name == 'vid2act' and not config.beta_vae_pretrain:
+        import vid2act
+        return vid2act.Vid2ActAgent(config, action_size, step)
+    return Agent(config, action_size, step)

@@ -4,14 +4,15 @@ The authors publish one `.tar.xz` of DreamerV2 `train_eps` episodes per DMC sour
 repo `MrSC320/DisWM-Pretrain-Datasets` (cheetah_run, finger_spin, reacher_easy, walker_walk; the files are several
 GB). Each archive is fetched with `huggingface_hub`, unpacked safely (members with absolute paths, `..`, links or
 device files are refused before anything lands in `<out>`), then checked: the `.npz` episodes are counted and one is
-loaded through `replay.load_video_dataset`, exactly as pretraining will.
+loaded through `replay.load_video_dataset`, exactly as pretraining will. Whatever folders the archive wraps them in,
+the episodes land in `<out>/<task>/train_eps` (where scripts/sweep.py and pretrain_all.sh look).
 
     .venv/bin/python scripts/download_datasets.py                                # all four tasks into data/
     .venv/bin/python scripts/download_datasets.py --tasks finger_spin --out data
     .venv/bin/python scripts/download_datasets.py --unpack-only ~/Downloads/finger_spin.tar.xz   # no network
 
 Then pretrain with `python dreamer.py --configs defaults dmc2gym --beta_vae_pretrain True --beta_vae True
---pretrain_datasets_path data/<task> ...` (episodes are searched recursively under that folder).
+--pretrain_datasets_path data/<task>/train_eps ...`.
 """
 from __future__ import annotations
 
@@ -126,11 +127,11 @@ def _move_merge(src: str, dst: str) -> None:
 
 
 def unpack(archive: str, out: str, task: str | None = None) -> str:
-    """Unpacks `archive` into `<out>/<task>/` (task from the file name by default); returns that folder.
+    """Unpacks `archive` into `<out>/<task>/` (task from the file name by default) with the episodes in
+    `<out>/<task>/train_eps`; returns that episode folder.
 
     The archive is streamed once into a temporary folder inside `out` and moved into place only when every member
-    passed the safety filter, so a refused archive leaves nothing behind. A single top-level folder named after the
-    task is stripped (`<out>/<task>/<task>/train_eps` would otherwise result).
+    passed the safety filter, so a refused archive leaves nothing behind.
     """
     if not os.path.isfile(archive):
         raise ConfigError(f"Archive '{archive}' not found.")
@@ -153,14 +154,18 @@ def unpack(archive: str, out: str, task: str | None = None) -> str:
         except OSError as e:
             raise ConfigError(f"Unpacking '{archive}' into '{out}' failed ({e}): check the free disk space and "
                               f"write permissions of --out.") from None
+        # Wrapping folders (`<task>/`, `logdir/`, ...) are dropped so that the episodes always end up in
+        # `<out>/<task>/train_eps`, where scripts/sweep.py and pretrain_all.sh look for them.
         root = staging
-        entries = os.listdir(staging)
-        if len(entries) == 1 and entries[0] == task and os.path.isdir(os.path.join(staging, task)):
-            root = os.path.join(staging, task)
-        _move_merge(root, dest)
+        entries = os.listdir(root)
+        while len(entries) == 1 and entries[0] != 'train_eps' and os.path.isdir(os.path.join(root, entries[0])):
+            root = os.path.join(root, entries[0])
+            entries = os.listdir(root)
+        has_train_eps = os.path.isdir(os.path.join(root, 'train_eps'))
+        _move_merge(root, dest if has_train_eps else os.path.join(dest, 'train_eps'))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return dest
+    return os.path.join(dest, 'train_eps')
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -193,7 +198,8 @@ def main(argv=None) -> int:
                                      allow_abbrev=False)
     parser.add_argument('--tasks', default=','.join(TASKS),
                         help=f"comma-separated source tasks (default: all of {', '.join(TASKS)})")
-    parser.add_argument('--out', default='data', help='destination; each task lands in <out>/<task>/')
+    parser.add_argument('--out', default='data',
+                        help='destination; the episodes of each task land in <out>/<task>/train_eps')
     parser.add_argument('--unpack-only', '--unpack_only', dest='unpack_only', nargs='+', metavar='ARCHIVE',
                         help='skip the download: unpack and check these local archives (<task>.tar.xz)')
     parser.add_argument('--keep-archives', '--keep_archives', dest='keep_archives', action='store_true',
@@ -223,10 +229,11 @@ def main(argv=None) -> int:
                 unpack(archive, args.out, task)
                 if downloaded and not args.keep_archives:
                     os.remove(archive)
-            info = verify(dest)
+            episodes_dir = os.path.join(dest, 'train_eps')
+            info = verify(episodes_dir if os.path.isdir(episodes_dir) else dest)
             print(f"{task}: {info['episodes']} episodes in {dest}; checked {os.path.basename(info['sample'])} "
                   f"({info['sample_frames']} frames of {'x'.join(map(str, info['image_shape']))}, keys "
-                  f"{', '.join(info['keys'])}). Pretrain with --pretrain_datasets_path {dest}")
+                  f"{', '.join(info['keys'])}). Pretrain with --pretrain_datasets_path {info['folder']}")
     except ConfigError as e:
         print(f'Error: {e}', file=sys.stderr)
         return 2

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Learning curves (Figure-4 style) and a table of final evaluation results from every run under a folder.
 
     scripts/plot.py runs/                               # -> runs/plots/{curves.png,curves.pdf,final_results.md,...}

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """One self-contained HTML page summarising a runs folder (images embedded, opens from disk without a server).
 
     scripts/report.py runs/                           # -> runs/report.html (plots also in runs/plots/)

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Launches the paper's experiments (tables in `experiments.py`) as dreamer.py runs, locally or on Slurm.
 
     scripts/sweep.py fig4 --dry-run                                  # print the exact commands, one per line
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
 import os
 import queue
 import shlex
@@ -155,8 +158,10 @@ def check_inputs(runs: list[Run]) -> list[str]:
     problems, missing = [], {}
     for run in runs:
         if run.data and not os.path.isdir(run.data):
-            problems.append(f'Pretraining dataset {run.data} not found (episodes of {DATASETS_URL}, or set '
-                            f'--data-root).')
+            source = os.path.basename(os.path.dirname(run.data))
+            problems.append(f'Pretraining dataset {run.data} not found: python scripts/download_datasets.py '
+                            f'--tasks {source} --out {os.path.dirname(os.path.dirname(run.data))} ({DATASETS_URL}), '
+                            f'or point --data-root at it.')
         if run.needs and run.needs not in produced and not os.path.exists(os.path.join(run.needs, 'encoder.pt')):
             missing.setdefault(run.needs, []).append(run.logdir)
     for needs, users in missing.items():
@@ -168,6 +173,38 @@ def check_inputs(runs: list[Run]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------- launchers
+class AlreadyRunning(RuntimeError):
+    """Another sweep process is running this run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(logdir: str):
+    """Holds `<logdir>/.sweep.lock` while a run is going, so two sweeps never train into one folder at once.
+
+    flock is released by the kernel when its holder dies: no stale locks after a crash.
+    """
+    os.makedirs(logdir, exist_ok=True)
+    with open(os.path.join(logdir, '.sweep.lock'), 'a') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyRunning(f'{logdir} is being run by another sweep') from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def is_running(logdir: str) -> bool:
+    if not os.path.exists(os.path.join(logdir, '.sweep.lock')):
+        return False
+    try:
+        with run_lock(logdir):
+            return False
+    except AlreadyRunning:
+        return True
+
+
 class RunCommand:
     """Runs one command with its output appended to `<logdir>/stdout.log`; returns the exit code.
 
@@ -185,8 +222,7 @@ class RunCommand:
         return subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=env)
 
     def __call__(self) -> int:
-        os.makedirs(self.logdir, exist_ok=True)
-        with open(os.path.join(self.logdir, 'stdout.log'), 'a') as log:
+        with run_lock(self.logdir), open(os.path.join(self.logdir, 'stdout.log'), 'a') as log:
             code = self.start(log).wait()
         if code and self.raise_on_error:
             raise RuntimeError(f'exit code {code}; see {os.path.join(self.logdir, "stdout.log")}')
@@ -228,13 +264,15 @@ def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
             if stop.is_set():
                 return None, 0.0
             job = RunCommand(run.cmd, run.logdir, os.getcwd(), {'CUDA_VISIBLE_DEVICES': gpu} if gpu else None)
-            os.makedirs(run.logdir, exist_ok=True)
             start = time.time()
-            with open(os.path.join(run.logdir, 'stdout.log'), 'a') as log:
-                proc = job.start(log)
-                with lock:
-                    live[run.logdir] = proc
-                code = proc.wait()
+            try:
+                with run_lock(run.logdir), open(os.path.join(run.logdir, 'stdout.log'), 'a') as log:
+                    proc = job.start(log)
+                    with lock:
+                        live[run.logdir] = proc
+                    code = proc.wait()
+            except AlreadyRunning:
+                return 'already running', 0.0
             with lock:
                 live.pop(run.logdir, None)
             return code, time.time() - start
@@ -254,16 +292,19 @@ def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
                 code, seconds = future.result()
                 results[run.logdir] = (code, seconds)
                 done += 1
-                state = 'ok    ' if code == 0 else f'FAILED (exit {code})'
+                state = 'ok    ' if code == 0 else 'SKIPPED (another sweep runs it)' if isinstance(code, str) \
+                    else f'FAILED (exit {code})'
                 print(f'[{done}/{len(runs)}] {state} {run.logdir} ({_duration(seconds)})', flush=True)
-                if code:
+                if code and not isinstance(code, str):
                     print(log_tail(run.logdir), flush=True)
-            if any(results[r.logdir][0] for r in phase) and phase is phases[0]:
+            if phase is phases[0]:   # runs whose pretraining failed are not started
                 failed = {r.logdir for r in phase if results[r.logdir][0]}
-                blocked = [r for r in phases[1] if r.needs in failed]
-                phases[1] = [r for r in phases[1] if r.needs not in failed]
-                for run in blocked:
-                    results[run.logdir] = ('skipped: its pretraining failed', 0.0)
+                for run in [r for r in phases[1] if r.needs in failed]:
+                    phases[1].remove(run)
+                    results[run.logdir] = ('not started', 0.0)
+                    done += 1
+                    print(f'[{done}/{len(runs)}] SKIPPED {run.logdir}: its pretraining {run.needs} did not finish',
+                          flush=True)
     except KeyboardInterrupt:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
@@ -280,11 +321,13 @@ def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
         raise SystemExit(130)
     pool.shutdown()
 
-    failed = [(d, c) for d, (c, _) in results.items() if c != 0]
+    failed = [(d, c) for d, (c, _) in results.items() if c not in (0, 'already running')]
     print(f'\nSummary: {len(results) - len(failed)} of {len(results)} runs exited 0.')
     for logdir, code in failed:
-        reason = code if isinstance(code, str) else f'exit {code}'
-        print(f'  {reason:<12} {logdir}   (log: {os.path.join(logdir, "stdout.log")})')
+        if isinstance(code, str):
+            print(f'  {code:<12} {logdir}   (its pretraining did not finish)')
+        else:
+            print(f'  exit {code:<7} {logdir}   (log: {os.path.join(logdir, "stdout.log")})')
     return len(failed)
 
 
@@ -332,9 +375,9 @@ def launch_slurm(runs: list[Run], args) -> int:
         try:
             job.result()
             print(f'ok      {logdir}')
-        except Exception as e:
+        except Exception:   # submitit's FailedJobError / UncompletedJobError
             failed += 1
-            print(f'FAILED  {logdir}: {str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)}')
+            print(f'FAILED  {logdir} (output: {os.path.join(logdir, "stdout.log")}; job log: {job.paths.stderr})')
     print(f'Summary: {len(runs) - failed} of {len(runs)} runs succeeded.')
     return failed
 
@@ -357,7 +400,7 @@ def parse_args(argv=None):
     parser.add_argument('experiments', nargs='+', metavar='EXPERIMENT',
                         help=f'one or more of: {", ".join(ex.EXPERIMENTS)}, all')
     what = parser.add_argument_group('what to run')
-    what.add_argument('--seeds', default=os.environ.get('SEEDS', '0 1 2'),
+    what.add_argument('--seeds', nargs='+', default=os.environ.get('SEEDS', '0 1 2'),
                       help='seeds, space- or comma-separated (default: env SEEDS, else "0 1 2")')
     what.add_argument('--methods', nargs='+', help=f'only these methods (of: {", ".join(ex.METHODS)})')
     what.add_argument('--tasks', nargs='+', help='only these targets (finetuning) / sources (pretraining): '
@@ -463,11 +506,16 @@ def main(argv=None) -> int:
         for run in runs:
             last, target = progress(args, run)
             state = 'not started' if target is None else 'done' if last >= target else f'{last / target:.0%}'
+            state = f'running {state}' if is_running(run.logdir) else state
             print(f'{state:>12}  {last:>9} / {target if target is not None else "?":<9} {run.logdir}')
         return 0
     todo = runs if args.rerun_done else [r for r in runs if not is_done(args, r)]
     if len(todo) < len(runs):
         print(f'Skipping {len(runs) - len(todo)} finished runs (--rerun-done to run them again).')
+    running = [r for r in todo if is_running(r.logdir)]
+    if running:
+        print(f'Skipping {len(running)} runs that another sweep is running now, e.g. {running[0].logdir}.')
+        todo = [r for r in todo if r not in running]
     if not todo:
         print('Nothing to do.')
         return 0

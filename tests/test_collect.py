@@ -208,17 +208,25 @@ def test_unpack_and_verify(tmp_path, capsys):
     out = tmp_path / 'data'
     assert download_datasets.main(['--unpack-only', archive, '--out', str(out)]) == 0
     # The archive's top folder named after the task is stripped: data/reacher_easy/train_eps/*.npz.
-    files = replay_lib.list_episodes(str(out / 'reacher_easy' / 'train_eps'), recursive=False)
-    assert len(files) == 2
-    assert [p for p in os.listdir(out) if p.startswith('.')] == []  # no staging folder left behind
+    episodes_dir = out / 'reacher_easy' / 'train_eps'
+    assert len(replay_lib.list_episodes(str(episodes_dir), recursive=False)) == 2
+    assert os.listdir(out) == ['reacher_easy']  # no staging folder left behind
     printed = capsys.readouterr().out
-    assert '2 episodes' in printed and '--pretrain_datasets_path' in printed
-    info = download_datasets.verify(str(out / 'reacher_easy'))
+    assert '2 episodes' in printed and f'--pretrain_datasets_path {episodes_dir}' in printed
+    info = download_datasets.verify(str(episodes_dir))
     assert info['episodes'] == 2 and info['sample_frames'] == 12 and info['image_shape'] == (64, 64, 3)
     assert {'image', 'action', 'reward'} <= set(info['keys'])
     # The unpacked folder is what pretraining reads.
-    _, report = replay_lib.load_video_dataset(str(out / 'reacher_easy'), min_length=2)
+    _, report = replay_lib.load_video_dataset(str(episodes_dir), min_length=2)
     assert report['episodes'] == 2
+
+
+@pytest.mark.parametrize('prefix', ['.', 'logdir/run'], ids=['flat', 'other-folders'])
+def test_unpack_puts_episodes_in_train_eps(tmp_path, prefix):
+    archive = make_archive(tmp_path, name='finger_spin.tar.xz', prefix=prefix)
+    episodes_dir = download_datasets.unpack(archive, str(tmp_path / 'data'))
+    assert episodes_dir == str(tmp_path / 'data' / 'finger_spin' / 'train_eps')
+    assert len(replay_lib.list_episodes(episodes_dir, recursive=False)) == 2
 
 
 def _add_named(name):

@@ -1,0 +1,399 @@
+"""Experiment tooling (scripts/): sweep commands, aggregation and tables, plots and the HTML report.
+
+No training: runs are synthetic metrics.jsonl / config.yaml files with known numbers, and the launchers start a stub
+instead of dreamer.py.
+"""
+import csv
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, 'scripts')
+sys.path.insert(0, SCRIPTS)
+
+import experiments as ex  # noqa: E402
+import plot  # noqa: E402
+import report  # noqa: E402
+import rundata  # noqa: E402
+import sweep  # noqa: E402
+
+STUB = """import sys
+args = sys.argv[1:]
+logdir = args[args.index('--logdir') + 1]
+print('STUB', ' '.join(args))
+sys.exit(3 if FAIL_IF in logdir else 0)
+"""
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+def write_run(root, task, method, seed, evals, metric='eval_return_average', config=True, partial=False,
+              source='cheetah_run', steps=1_000_000):
+    """A run folder as dreamer.py leaves it: config.yaml + metrics.jsonl with one eval row per (step, value)."""
+    path = os.path.join(root, task, method, f'seed_{seed}')
+    os.makedirs(path, exist_ok=True)
+    if config:
+        env = ex.TASKS[task].env
+        ckpt = f'runs/pretrain/{source}/seed_0' if ex.METHODS[method].pretrained else './checkpoints'
+        with open(os.path.join(path, 'config.yaml'), 'w') as f:
+            f.write(f'task: {env}\nmethod_name: {method}\nseed: {seed}\nsteps: {steps}\naction_repeat: 2\n'
+                    f'color_distractor: true\nmode: train\nbeta_vae_pretrain: false\n'
+                    f'pretrain_checkpoint_path: {ckpt}\n')
+    with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+        for step, value in evals:
+            f.write(json.dumps({'step': step, 'train_return': -1.0}) + '\n')   # a training row between evals
+            f.write(json.dumps({'step': step, metric: value, 'eval_return_std': 1.0}) + '\n')
+        if partial:
+            f.write('{"step": 99999, "eval_return_aver')                          # a run still writing
+    return path
+
+
+def evals(final, n=12, last=3, every=10_000):
+    """n evaluations; the last `last` are `final`, earlier ones far away (so the window matters)."""
+    return [(every * (i + 1), final if i >= n - last else -1000.0) for i in range(n)]
+
+
+@pytest.fixture(scope='module')
+def synthetic(tmp_path_factory):
+    """Walker Walk: DisWM seeds at 800/900/850 (mean 850, std 40.82), DreamerV2 one seed at 700 with a partial
+    last line; Drawer Open: DisWM success 0.6/0.8 (70.0 ± 10.0 %); Hopper: an APV run with no evaluation yet."""
+    root = str(tmp_path_factory.mktemp('runs'))
+    for seed, final in enumerate((800.0, 900.0, 850.0)):
+        write_run(root, 'walker_walk', 'diswm', seed, evals(final))
+    write_run(root, 'walker_walk', 'dreamerv2', 0, evals(700.0), partial=True)
+    for seed, final in enumerate((0.6, 0.8)):
+        write_run(root, 'drawer_open', 'diswm', seed, evals(final), metric='eval_success_rate',
+                  source='finger_spin')
+    write_run(root, 'hopper_stand', 'apv', 0, [])
+    return root
+
+
+@pytest.fixture(scope='module')
+def plotted(synthetic, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('plots'))
+    assert plot.main([synthetic, '--out', out, '--window', '3']) == 0
+    return out
+
+
+def dry_run(script, *args, env=None):
+    """The commands a sweep shell script prints with --dry-run, each split into its arguments."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ('SEEDS', 'STEPS', 'PRESETS', 'EXTRA',
+                                                                 'CUDA_VISIBLE_DEVICES')}
+    full_env.update(env or {})
+    result = subprocess.run(['bash', os.path.join(SCRIPTS, script), '--dry-run', *args], capture_output=True,
+                            text=True, env=full_env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line) for line in result.stdout.splitlines()]
+
+
+def flag(cmd, name):
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+def by_logdir(cmds):
+    return {flag(c, '--logdir'): c for c in cmds}
+
+
+# ----------------------------------------------------------------------------------------------------------- reading
+def test_partial_last_line_is_skipped(tmp_path):
+    path = write_run(str(tmp_path), 'walker_walk', 'diswm', 0, [(10, 1.0), (20, 2.0)], partial=True)
+    rows, bad = rundata.read_metrics(os.path.join(path, 'metrics.jsonl'))
+    assert bad == 1 and len(rows) == 4
+    assert rundata.series(rows, 'eval_return_average') == ([10, 20], [1.0, 2.0])
+
+
+def test_resumed_run_keeps_the_later_row_of_a_repeated_step():
+    rows = [{'step': 10, 'm': 1.0}, {'step': 20, 'm': 2.0}, {'step': 20, 'm': 5.0}, {'step': 30, 'm': float('nan')}]
+    assert rundata.series(rows, 'm') == ([10, 20], [1.0, 5.0])
+
+
+def test_task_method_seed_from_the_layout_without_config(tmp_path):
+    path = write_run(str(tmp_path), 'pusher', 'apv', 4, [(10, -50.0)], config=False)
+    run = rundata.describe(path)
+    assert (run.kind, run.task, run.method, run.seed) == ('online', 'pusher', 'apv', 4)
+
+
+def test_source_from_the_pretrain_checkpoint_path(synthetic):
+    runs = {(r.task, r.method, r.seed): r for r in rundata.discover(synthetic)}
+    assert runs['walker_walk', 'diswm', 0].source == 'cheetah_run'
+    assert runs['drawer_open', 'diswm', 1].source == 'finger_spin'
+    assert runs['walker_walk', 'dreamerv2', 0].source is None
+
+
+# ----------------------------------------------------------------------------------------------------------- numbers
+def test_aggregate_interpolates_onto_the_union_of_steps():
+    steps, mean, std, n = plot.aggregate([([0, 10, 20], [0.0, 10.0, 40.0]), ([5, 15], [0.0, 20.0])])
+    assert steps.tolist() == [0, 5, 10, 15, 20]
+    assert n.tolist() == [1, 2, 2, 2, 1]
+    # by hand: seed A at 5 -> 5, at 15 -> 25; seed B at 10 -> 10
+    np.testing.assert_allclose(mean, [0, 2.5, 10, 22.5, 40])
+    np.testing.assert_allclose(std, [0, 2.5, 0, 2.5, 0])
+
+
+def test_final_values_mean_and_std_over_seeds(synthetic):
+    rows = {(s.group.task, s.group.method): s for s in plot.summarise(plot.load_groups(synthetic), window=3)}
+    diswm = rows['walker_walk', 'diswm']
+    assert diswm.n == 3 and diswm.evals_used == 3 and diswm.last_step == 120_000
+    assert diswm.mean == pytest.approx(850.0)
+    assert diswm.std == pytest.approx(math.sqrt((50 ** 2 + 50 ** 2) / 3))   # ddof 0
+    assert rows['walker_walk', 'dreamerv2'].n == 1 and rows['walker_walk', 'dreamerv2'].std == 0.0
+    assert rows['drawer_open', 'diswm'].mean == pytest.approx(70.0)          # success rate in %
+    assert rows['drawer_open', 'diswm'].std == pytest.approx(10.0)
+    assert rows['hopper_stand', 'apv'].n == 0 and math.isnan(rows['hopper_stand', 'apv'].mean)
+    # a wider window reaches the far-away earlier evaluations
+    wide = {(s.group.task, s.group.method): s for s in plot.summarise(plot.load_groups(synthetic), window=4)}
+    assert wide['walker_walk', 'diswm'].mean == pytest.approx((3 * 850 - 1000) / 4)
+
+
+def test_markdown_and_csv_tables(plotted):
+    md = open(os.path.join(plotted, 'final_results.md')).read()
+    assert 'K = 3' in md
+    assert '| Walker Walk | Cheetah Run | DisWM | 850.0 ± 40.8 | 3 | 3 | 120k | ≈915 (Fig. 4) |' in md
+    assert '| Walker Walk | from scratch | DreamerV2 | 700.0 ± 0.0 | 1 |' in md
+    assert '| Drawer Open (success %) | Finger Spin | DisWM | 70.0 ± 10.0 | 2 |' in md
+    assert '70 ± 10 (Table B)' in md
+    assert 'no eval yet' in md                                        # the APV run without evaluations
+    assert 'TED ≈845 (Fig. 4)' in md and 'TD-MPC2 43 ± 25 (Table B)' in md
+    with open(os.path.join(plotted, 'final_results.csv')) as f:
+        rows = {(r['task'], r['method']): r for r in csv.DictReader(f)}
+    assert float(rows['walker_walk', 'diswm']['mean']) == pytest.approx(850.0)
+    assert float(rows['walker_walk', 'diswm']['std']) == pytest.approx(40.8248, abs=1e-3)
+    assert rows['walker_walk', 'diswm']['seeds'] == '0 1 2'
+    assert rows['walker_walk', 'diswm']['paper_mean'] == '915' and rows['walker_walk', 'diswm']['paper_approx'] == \
+        'True'
+    assert rows['drawer_open', 'diswm']['metric'] == 'eval_success_rate'
+    assert (rows['drawer_open', 'diswm']['paper_mean'], rows['drawer_open', 'diswm']['paper_std']) == ('70', '10')
+    assert rows['walker_walk', 'dreamerv2']['n_seeds'] == '1' and float(rows['walker_walk', 'dreamerv2']['std']) == 0
+
+
+def test_plot_files_are_written(plotted):
+    for name in ('curves.png', 'curves.pdf', 'curves.csv', 'final_results.md', 'final_results.csv'):
+        assert os.path.getsize(os.path.join(plotted, name)) > 0, name
+    with open(os.path.join(plotted, 'curves.png'), 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    with open(os.path.join(plotted, 'curves.pdf'), 'rb') as f:
+        assert f.read(5) == b'%PDF-'
+
+
+def test_plot_without_any_evaluation(tmp_path):
+    write_run(str(tmp_path / 'runs'), 'walker_walk', 'diswm', 0, [])
+    assert plot.main([str(tmp_path / 'runs'), '--out', str(tmp_path / 'out')]) == 0
+    assert not os.path.exists(tmp_path / 'out' / 'curves.png')
+    assert 'no eval yet' in (tmp_path / 'out' / 'final_results.md').read_text()
+
+
+# ----------------------------------------------------------------------------------------------------------- sweeps
+def test_fig4_dry_run_layout_seeds_and_flags():
+    cmds = dry_run('finetune_fig4.sh', env={'SEEDS': '3 4'})
+    assert len(cmds) == 6 * len(ex.METHODS) * 2
+    runs = by_logdir(cmds)
+    expected = {f'runs/{t}/{m}/seed_{s}' for _, t in ex.EXPERIMENTS['fig4'].pairs for m in ex.METHODS
+                for s in (3, 4)}
+    assert set(runs) == expected
+    for logdir, cmd in runs.items():
+        assert cmd[1] == os.path.join('dreamer.py') and cmd[cmd.index('--configs') + 1] == 'defaults'
+        assert flag(cmd, '--seed') == logdir.rsplit('_', 1)[1]
+        assert flag(cmd, '--method_name') == logdir.split('/')[2]
+        assert flag(cmd, '--color_distractor') == 'True'
+        assert '--device' not in cmd and '--steps' not in cmd
+        assert flag(cmd, '--cross_domain') == ('True' if logdir.startswith('runs/pusher/') else None)
+    diswm = runs['runs/walker_walk/diswm/seed_4']
+    assert diswm[diswm.index('--configs'):diswm.index('--task')] == ['--configs', 'defaults', 'dmc2gym']
+    assert [flag(diswm, k) for k in ('--task', '--beta_vae', '--traverse', '--distillation')] == [
+        'dmc2gym_walker_walk', 'True', 'True', 'True']
+    assert flag(diswm, '--pretrain_checkpoint_path') == 'runs/pretrain/cheetah_run/seed_0'
+    assert flag(runs['runs/pusher/apv/seed_3'], '--pretrain_checkpoint_path') == 'runs/pretrain/reacher_easy/seed_0'
+    assert flag(runs['runs/pusher/apv/seed_3'], '--pretrain_action_num') == '2'
+    scratch = runs['runs/walker_walk/dreamerv2/seed_3']
+    assert flag(scratch, '--beta_vae') == 'False' and '--pretrain_checkpoint_path' not in scratch
+    assert flag(runs['runs/pusher/diswm/seed_3'], '--configs') == 'defaults' and 'gymnasium' in \
+        runs['runs/pusher/diswm/seed_3']
+
+
+@pytest.mark.parametrize('script,target,source_actions,gap', [
+    ('finetune_fig4.sh', 'walker_walk', 6, 0), ('finetune_fig4.sh', 'cheetah_run', 2, 4),
+    ('finetune_fig4.sh', 'hopper_stand', 6, 0), ('finetune_fig4.sh', 'reacher_easy', 2, 0),
+    ('finetune_fig4.sh', 'cartpole_swingup', 2, 0), ('finetune_fig4.sh', 'pusher', 2, 5),
+    ('finetune_tableA.sh', 'humanoid_walk', 6, 15), ('finetune_tableB.sh', 'drawer_open', 2, 2),
+    ('finetune_tableB.sh', 'drawer_close', 2, 2)])
+def test_dv2_finetune_union_action_space(script, target, source_actions, gap):
+    cmd = by_logdir(dry_run(script, '--methods', 'dv2_finetune', '--seeds', '0'))[f'runs/{target}/dv2_finetune/seed_0']
+    assert (flag(cmd, '--source_action_num'), flag(cmd, '--action_num_gap')) == (str(source_actions), str(gap))
+    assert flag(cmd, '--pretrain_action_num') == str(source_actions)
+
+
+def test_tables_a_b_presets_and_cross_domain():
+    runs = by_logdir(dry_run('finetune_tableB.sh', '--seeds', '0'))
+    assert len(runs) == 2 * len(ex.METHODS)
+    cmd = runs['runs/drawer_close/diswm/seed_0']
+    assert 'metaworld' in cmd and flag(cmd, '--task') == 'metaworld_drawer-close-v1'
+    assert flag(cmd, '--cross_domain') == 'True' and flag(cmd, '--color_distractor') == 'True'
+    assert flag(cmd, '--pretrain_checkpoint_path') == 'runs/pretrain/finger_spin/seed_0'
+    table_a = by_logdir(dry_run('finetune_tableA.sh', '--seeds', '0', '--methods', 'diswm'))
+    assert set(table_a) == {'runs/cheetah_run/diswm/seed_0', 'runs/humanoid_walk/diswm/seed_0'}
+    assert '--cross_domain' not in table_a['runs/humanoid_walk/diswm/seed_0']
+    assert flag(table_a['runs/humanoid_walk/diswm/seed_0'], '--pretrain_checkpoint_path') == \
+        'runs/pretrain/walker_walk/seed_0'
+
+
+def test_pretrain_dry_run_exact_command():
+    cmds = dry_run('pretrain_all.sh', '--preset', 'debug', env={'SEEDS': '1'})
+    assert [flag(c, '--logdir') for c in cmds] == [f'runs/pretrain/{s}/seed_1' for s in
+                                                   ('cheetah_run', 'finger_spin', 'reacher_easy', 'walker_walk')]
+    assert shlex.join(cmds[0][1:]) == (
+        'dreamer.py --configs defaults dmc2gym debug --task dmc2gym_cheetah_run --logdir runs/pretrain/cheetah_run/'
+        'seed_1 --seed 1 --beta_vae_pretrain True --beta_vae True --pretrain_action_num 6 --pretrain_datasets_path '
+        'data/cheetah_run/train_eps --progress False')
+
+
+def test_debug_sweep_steps_gpu_extra_flags_and_filters():
+    cmds = dry_run('finetune_fig4.sh', '--preset', 'debug', '--tasks', 'Pusher', 'walker_walk', '--methods',
+                   'diswm,dreamerv2', '--extra', '--threads 1', '--', '--eval_episodes', '1',
+                   env={'SEEDS': '0', 'STEPS': '2000', 'CUDA_VISIBLE_DEVICES': '0'})
+    assert sorted(flag(c, '--logdir') for c in cmds) == ['runs/pusher/diswm/seed_0', 'runs/pusher/dreamerv2/seed_0',
+                                                         'runs/walker_walk/diswm/seed_0',
+                                                         'runs/walker_walk/dreamerv2/seed_0']
+    for cmd in cmds:
+        presets = cmd[cmd.index('--configs') + 1:cmd.index('--task')]
+        assert presets[0] == 'defaults' and presets[-1] == 'debug'
+        assert flag(cmd, '--steps') == '2000' and flag(cmd, '--device') == 'cuda'
+        assert cmd[-4:] == ['--threads', '1', '--eval_episodes', '1']   # extra flags last, so they win
+
+
+def test_pretrain_root_and_seed_overrides_and_dedup():
+    runs = by_logdir(dry_run('finetune_fig4.sh', '--seeds', '2', '--methods', 'apv', '--tasks', 'cheetah_run',
+                             '--root', 'out', '--pretrain-root', 'videos', '--pretrain-seed', 'same'))
+    assert flag(runs['out/cheetah_run/apv/seed_2'], '--pretrain_checkpoint_path') == 'videos/reacher_easy/seed_2'
+    args = sweep.parse_args(['all', '--seeds', '0'])
+    logdirs = [r.logdir for r in sweep.build_runs(args)]
+    assert len(logdirs) == len(set(logdirs))
+    assert logdirs.count(os.path.join('runs', 'cheetah_run', 'diswm', 'seed_0')) == 1   # Fig. 4 and Table A share it
+    assert [r.kind for r in sweep.build_runs(args)][:4] == ['pretrain'] * 4
+
+
+def test_sweep_rejects_unknown_names():
+    for bad in (['fig4', '--methods', 'dreamer'], ['fig4', '--tasks', 'walker_run'], ['fig5']):
+        result = subprocess.run([sys.executable, os.path.join(SCRIPTS, 'sweep.py'), *bad, '--dry-run'],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and 'choose from' in result.stderr, result.stderr
+
+
+def test_every_sweep_command_resolves_in_dreamer_config():
+    """Each command's flags and presets exist in configs.yaml and select the intended method."""
+    import tools
+    args = sweep.parse_args(['all', '--seeds', '0', '--preset', 'debug'])
+    for run in sweep.build_runs(args):
+        config = tools.make_config(run.cmd[2:])
+        assert config.logdir == run.logdir
+        if run.kind == 'online':
+            assert config.method_name == run.logdir.split(os.sep)[-2]
+            assert config.color_distractor and config.batch_size == 4   # debug preset applied
+
+
+# ----------------------------------------------------------------------------------------------------------- launchers
+def stub(tmp_path, fail_if='NEVER'):
+    path = tmp_path / 'stub.py'
+    path.write_text(STUB.replace('FAIL_IF', repr(fail_if)))
+    return str(path)
+
+
+def test_local_launcher_logs_exit_codes_and_blocks_on_failed_pretraining(tmp_path):
+    cmd = [sys.executable, os.path.join(SCRIPTS, 'sweep.py'), 'pretrain', 'fig4', '--tasks', 'reacher_easy',
+           'finger_spin', '--methods', 'diswm', 'dreamerv2', '--seeds', '0', '1', '--root', 'r', '--jobs', '2',
+           '--pretrain-seed', 'same', '--entry', stub(tmp_path, 'pretrain/finger_spin/seed_1'), '--no-checks']
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert 'FAILED (exit 3) r/pretrain/finger_spin/seed_1' in out
+    assert 'Summary: 6 of 8 runs exited 0.' in out          # 4 pretraining (1 fails), 4 finetunes (1 not started)
+    assert 'SKIPPED r/reacher_easy/diswm/seed_1: its pretraining r/pretrain/finger_spin/seed_1 did not finish' in out
+    log = (tmp_path / 'r' / 'reacher_easy' / 'dreamerv2' / 'seed_1' / 'stdout.log').read_text()
+    assert '--logdir r/reacher_easy/dreamerv2/seed_1' in log and log.count('STUB') == 1
+    assert not (tmp_path / 'r' / 'reacher_easy' / 'diswm' / 'seed_1').exists()
+    # a finished run is skipped on the next launch
+    done = tmp_path / 'r' / 'reacher_easy' / 'dreamerv2' / 'seed_0'
+    (done / 'config.yaml').write_text('steps: 1000\naction_repeat: 2\n')
+    (done / 'metrics.jsonl').write_text('{"step": 1000, "eval_return_average": 5.0}\n')
+    again = subprocess.run(cmd[:cmd.index('--tasks')] + ['--tasks', 'reacher_easy', '--methods', 'dreamerv2',
+                                                          '--seeds', '0'] + cmd[cmd.index('--root'):],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0 and 'Skipping 1 finished runs' in again.stdout
+    assert 'Launching 1 runs' in again.stdout                # only the pretraining run of reacher_easy seed 0
+
+
+def test_a_run_held_by_another_sweep_is_not_started_twice(tmp_path):
+    logdir = tmp_path / 'r' / 'walker_walk' / 'dreamerv2' / 'seed_0'
+    with sweep.run_lock(str(logdir)):
+        result = subprocess.run([sys.executable, os.path.join(SCRIPTS, 'sweep.py'), 'fig4', '--tasks', 'walker_walk',
+                                 '--methods', 'dreamerv2', '--seeds', '0', '--root', 'r', '--entry', stub(tmp_path)],
+                                capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and 'Skipping 1 runs that another sweep is running now' in result.stdout
+    assert not (logdir / 'stdout.log').exists()
+    assert not sweep.is_running(str(logdir))
+
+
+def test_missing_inputs_stop_the_launch(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, 'sweep.py'), 'fig4', '--tasks', 'walker_walk',
+                             '--methods', 'diswm', '--seeds', '0', '--entry', stub(tmp_path)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert 'runs/pretrain/cheetah_run/seed_0/encoder.pt not found' in result.stderr
+    assert 'scripts/pretrain_all.sh --tasks cheetah_run' in result.stderr
+
+
+def test_slurm_without_submitit_names_the_fix(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'submitit', None)     # import submitit -> ImportError
+    with pytest.raises(SystemExit, match='pip install submitit'):
+        sweep.main(['fig4', '--launcher', 'slurm', '--seeds', '0', '--no-checks', '--tasks', 'walker_walk',
+                    '--root', '/nonexistent/runs'])
+
+
+def test_slurm_launcher_through_submitit(tmp_path):
+    pytest.importorskip('submitit')
+    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, 'sweep.py'), 'fig4', '--tasks', 'walker_walk',
+                             '--methods', 'dreamerv2', '--seeds', '0', '--root', 'r', '--launcher', 'slurm',
+                             '--gpus', '0', '--submitit-cluster', 'local', '--wait', '--entry', stub(tmp_path)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'Summary: 1 of 1 runs succeeded.' in result.stdout
+    assert 'STUB' in (tmp_path / 'r' / 'walker_walk' / 'dreamerv2' / 'seed_0' / 'stdout.log').read_text()
+
+
+# ----------------------------------------------------------------------------------------------------------- report
+def test_report_is_self_contained_with_images_and_tables(synthetic, tmp_path):
+    import imageio.v2 as imageio
+    root = tmp_path / 'runs'
+    import shutil
+    shutil.copytree(synthetic, root)
+    run = root / 'walker_walk' / 'diswm' / 'seed_0'
+    (run / 'traversals').mkdir()
+    for step in (10000, 20000):
+        imageio.imwrite(run / 'traversals' / f'traverse_{step:08d}.png', np.full((64, 448, 3), step // 100, np.uint8))
+    eval_dir = run / 'eval'
+    (eval_dir / 'eval_videos').mkdir(parents=True)
+    imageio.mimsave(eval_dir / 'eval_videos' / 'episode_00.gif', [np.zeros((64, 64, 3), np.uint8)] * 3,
+                    duration=0.04, loop=0)
+    (eval_dir / 'config.yaml').write_text('task: dmc2gym_walker_walk\nmethod_name: diswm\nmode: eval\nseed: 0\n')
+    (eval_dir / 'eval_result.json').write_text(json.dumps(dict(task='dmc2gym_walker_walk', returns=[1, 3], mean=2.0,
+                                                               std=1.0, success_rate=0.0, checkpoint='c.pt')))
+    (root / 'disentanglement').mkdir()
+    (root / 'disentanglement' / 'cheetah.md').write_text('| model | D |\n|---|---|\n| DisWM | 0.613 |\n')
+    out = tmp_path / 'report.html'
+    assert report.main([str(root), '--out', str(out), '--window', '3']) == 0
+    page = out.read_text()
+    assert page.startswith('<!DOCTYPE html>') and page.rstrip().endswith('</html>')
+    assert page.count('data:image/png;base64,') >= 2            # curves + the traversal
+    assert page.count('data:image/gif;base64,') == 1
+    assert 'traverse_00020000.png' in page and 'traverse_00010000.png' not in page   # the latest only
+    srcs = [part.split('"', 1)[0] for part in page.split('src="')[1:]]
+    assert srcs and all(s.startswith('data:') for s in srcs)   # nothing loaded from disk
+    assert '850.0 ± 40.8' in page and '≈915 (Fig. 4)' in page and '70.0 ± 10.0' in page
+    assert '<td>0.613</td>' in page                             # the disentanglement table, as a table
+    assert '2.0 ± 1.0' in page                                  # the eval-only run
+    assert 'K = 3' in page
