@@ -52,6 +52,9 @@ def configure_torch(config) -> None:
         torch.set_num_threads(config.threads)
     if str(config.device).startswith('cuda') and not torch.cuda.is_available():
         raise ConfigError(f"--device {config.device} requested but CUDA is not available: use --device cpu.")
+    if str(config.device).startswith('cuda') and config.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -480,6 +483,9 @@ def main(argv=None) -> int:
         config = tools.make_config(argv)
         if config.beta_vae_pretrain:
             pretrain_video(config)
+        elif config.vid2act_pretrain:
+            import vid2act
+            vid2act.pretrain_teacher(config)
         elif config.mode == 'eval':
             evaluate_only(config)
         elif config.mode == 'train':

@@ -45,6 +45,8 @@ METHOD_SPECS = {
     'dv2_finetune': MethodSpec('dv2_finetune', load=('encoder', 'decoder', 'rssm'), pad_actions=True),
     'apv': MethodSpec('apv', load=('encoder', 'decoder'), video_stack=True, intrinsic=True),
     'pretrain': MethodSpec('pretrain', action_free=True),
+    # Vid2Act: its frozen teacher, extra loss terms and actor context come from vid2act.Vid2ActAgent (make_agent).
+    'vid2act': MethodSpec('vid2act'),
 }
 
 
@@ -137,8 +139,8 @@ def distillation_loss(teacher_z: torch.Tensor, student_z: torch.Tensor) -> torch
 
     Inputs are (B, T, z) reparameterised samples (DISWM_SPEC §1b: the release's kl_div 'batchmean' on (B, T, z)).
     """
-    log_t = F.log_softmax(teacher_z, -1)
-    log_s = F.log_softmax(student_z, -1)
+    log_t = F.log_softmax(teacher_z.float(), -1)
+    log_s = F.log_softmax(student_z.float(), -1)
     return (log_t.exp() * (log_t - log_s)).sum(dim=(1, 2)).mean(0)
 
 
@@ -398,28 +400,33 @@ class VideoIntrinsicBonus(nn.Module):
 class ImagBehavior(nn.Module):
     """DreamerV2 actor-critic on imagined rollouts (dynamics backprop, lambda-returns, slow critic)."""
 
-    def __init__(self, config, feat_size: int, action_size: int):
+    def __init__(self, config, feat_size: int, action_size: int, actor_input_size: int | None = None):
         super().__init__()
         self.config = config
-        self.actor = networks.ActionHead(feat_size, action_size, config.actor_layers, config.units,
+        # The actor may see more than the feature (Vid2Act: + a context vector, see `actor_input`); the critic never.
+        self.actor = networks.ActionHead(actor_input_size or feat_size, action_size, config.actor_layers, config.units,
                                          config.actor_min_std)
         self.critic = networks.DenseHead(feat_size, config.value_layers, config.units)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
 
-    def imagine(self, wm: WorldModel, start: dict, horizon: int):
+    def actor_input(self, feat: torch.Tensor, ctx) -> torch.Tensor:
+        """What the actor sees for features (N, F); `ctx` is the per-start-state context of `losses` (None here)."""
+        return feat
+
+    def imagine(self, wm: WorldModel, start: dict, horizon: int, ctx=None):
         """Rolls the actor through the world model; returns feats (H+1, N, F), entropies (H, N)."""
         state = {k: v.reshape(-1, v.shape[-1]).detach() for k, v in start.items()}
         feats, entropies = [wm.rssm.feat(state)], []
         for _ in range(horizon):
-            dist = self.actor(feats[-1].detach())
+            dist = self.actor(self.actor_input(feats[-1].detach(), ctx))
             state = wm.rssm.img_step(state, wm.pad_action(dist.rsample()))
             entropies.append(dist.entropy())
             feats.append(wm.rssm.feat(state))
         return torch.stack(feats, 0), torch.stack(entropies, 0)
 
-    def losses(self, wm: WorldModel, start: dict, reward_fn):
+    def losses(self, wm: WorldModel, start: dict, reward_fn, ctx=None):
         cfg = self.config
-        feats, entropy = self.imagine(wm, start, cfg.imag_horizon)
+        feats, entropy = self.imagine(wm, start, cfg.imag_horizon, ctx)
         reward = reward_fn(feats)                                              # (H+1, N)
         value = self.slow_critic(feats)
         discount = torch.full_like(reward, cfg.discount)
@@ -451,19 +458,29 @@ class Agent(nn.Module):
         self.config = config
         self.spec = method_spec(config)
         self.action_size = action_size
-        self.wm = WorldModel(config, action_size, self.spec, step)
-        self.behavior = ImagBehavior(config, self.wm.rssm.feat_size, action_size)
+        self.wm = self.make_world_model(config, action_size, step)
+        self.behavior = self.make_behavior(config, action_size)
         self.intrinsic = VideoIntrinsicBonus(self.wm.rssm.feat_size, config, config.seed) if self.spec.intrinsic \
             else None
         self.to(config.device)
         opt = lambda name, params, lr: tools.Optimizer(name, params, lr, config.opt_eps, config.grad_clip,
-                                                       config.weight_decay)
+                                                       config.weight_decay, scaler=config.precision == '16')
         self._wm_params = self.wm.trainable_parameters()
         self.model_opt = opt('model', self._wm_params, config.model_lr)
         self.actor_opt = opt('actor', self.behavior.actor.parameters(), config.actor_lr)
         self.critic_opt = opt('critic', self.behavior.critic.parameters(), config.value_lr)
         self.updates = 0
         self.requires_grad_(False)
+        if config.compile:
+            compile_networks(self)
+
+    def make_world_model(self, config, action_size: int, step: int) -> WorldModel:
+        """Hook for agents that add loss parts (built before the optimizers, so their parameters are trained)."""
+        return WorldModel(config, action_size, self.spec, step)
+
+    def make_behavior(self, config, action_size: int) -> ImagBehavior:
+        """Hook for agents whose actor sees more than the world-model feature."""
+        return ImagBehavior(config, self.wm.rssm.feat_size, action_size)
 
     def to_torch(self, batch: dict) -> dict:
         """numpy batch -> device tensors; images stay uint8 until the model normalises them on the device."""
@@ -486,28 +503,46 @@ class Agent(nn.Module):
     def update(self, batch: dict, step: int) -> dict:
         """One world-model and one actor-critic update; metrics stay tensors (no host sync here)."""
         data = self.to_torch(batch)
+        out, metrics = self.update_world_model(data, step)
+        metrics.update(self.update_behavior(out))
+        return metrics
+
+    def update_world_model(self, data: dict, step: int):
         for p in self._wm_params:
             p.requires_grad_(True)
-        loss, out, metrics = self.wm.loss(data, step)
+        with self.autocast():
+            loss, out, metrics = self.wm.loss(data, step)
         metrics['model_grad_norm'] = self.model_opt.step(loss)
         for p in self._wm_params:
             p.requires_grad_(False)
         if self.intrinsic is not None:
-            self.intrinsic.update_queue(out['feat'].detach())
-            metrics['intr_reward'] = self.intrinsic(out['feat'].detach().transpose(0, 1)).mean()
+            feat = out['feat'].detach().float()
+            self.intrinsic.update_queue(feat)
+            metrics['intr_reward'] = self.intrinsic(feat.transpose(0, 1)).mean()
+        return out, metrics
+
+    def update_behavior(self, out: dict) -> dict:
         start = {k: v.detach() for k, v in out['post'].items()}
         self.behavior.actor.requires_grad_(True)
         self.behavior.critic.requires_grad_(True)
-        actor_loss, critic_loss, behavior_metrics = self.behavior.losses(self.wm, start, self.reward_fn)
+        with self.autocast():
+            # A loss part may leave a per-start-state context for the actor in out['behavior_context'] (Vid2Act).
+            actor_loss, critic_loss, metrics = self.behavior.losses(self.wm, start, self.reward_fn,
+                                                                    out.get('behavior_context'))
         metrics['actor_grad_norm'] = self.actor_opt.step(actor_loss)
         metrics['critic_grad_norm'] = self.critic_opt.step(critic_loss)
         self.behavior.actor.requires_grad_(False)
         self.behavior.critic.requires_grad_(False)
-        metrics.update(behavior_metrics)
         self.updates += 1
         if self.updates % self.config.slow_target_update == 0:
             self.behavior.update_slow_critic()
         return metrics
+
+    def autocast(self):
+        """bf16 autocast with --precision 16/bf16 (losses and optimizer state stay fp32)."""
+        device = 'cuda' if str(self.config.device).startswith('cuda') else 'cpu'
+        dtype = {'bf16': torch.bfloat16, '16': torch.float16}.get(str(self.config.precision))
+        return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
 
     @torch.no_grad()
     def policy(self, obs: dict, state, training: bool):
@@ -539,6 +574,22 @@ class Agent(nn.Module):
     def load_optimizer_state(self, state: dict) -> None:
         for o in (self.model_opt, self.actor_opt, self.critic_opt):
             o.load_state_dict(state[o.name])
+
+
+def compile_networks(agent: 'Agent') -> None:
+    """torch.compile the networks that run inside an update (encoder, decoder, RSSM steps, heads, actor, critic).
+
+    The RSSM's per-step functions are compiled rather than the whole 50-step scan, which keeps compile times short;
+    any compilation error falls back to eager execution with a warning (`tools.compiled`).
+    """
+    wm, behavior = agent.wm, agent.behavior
+    for module in (wm.encoder, wm.decoder, wm.reward, behavior.actor, behavior.critic, behavior.slow_critic):
+        if module is not None:
+            module.forward = tools.compiled(module.forward, type(module).__name__)
+    for rssm in (wm.rssm, wm.video_rssm):
+        if rssm is not None:
+            rssm.img_step = tools.compiled(rssm.img_step, 'RSSM.img_step')
+            rssm.obs_step = tools.compiled(rssm.obs_step, 'RSSM.obs_step')
 
 
 def make_agent(config, action_size: int, step: int = 0) -> Agent:

@@ -93,16 +93,32 @@ class RSSM(nn.Module):
         return post, prior
 
     def observe(self, embed, action, is_first, state=None, sample=True, label=None):
-        """Scans `obs_step` over time. embed (B, T, E), action (B, T, A), is_first (B, T).
+        """Scans the filter over time. embed (B, T, E), action (B, T, A), is_first (B, T).
 
-        Returns (post, prior) dicts of (B, T, ...) tensors; each output is stacked once after the loop.
+        Same math as calling `obs_step` per step, but the input-side halves of the two input layers (embedding ->
+        posterior, action -> prior) are applied to the whole sequence in one matmul each, so the loop only does the
+        recurrent part. Returns (post, prior) dicts of (B, T, ...) tensors, each stacked once after the loop.
         """
         batch, length = embed.shape[:2]
         state = state or self.initial(batch, embed.device)
+        S, D = self.stoch_size, self.deter_size
+        img_w, img_b = self.img_in[0].weight, self.img_in[0].bias
+        obs_w, obs_b = self.obs_out[0].weight, self.obs_out[0].bias
+        keep = (1.0 - is_first.float()).unsqueeze(-1)                                  # (B, T, 1)
+        extra = [action * keep]
+        if label is not None:
+            extra.append(label if label.dim() == 3 else label[:, None].expand(-1, length, -1))
+        img_extra = F.linear(torch.cat(extra, -1), img_w[:, S:])                       # (B, T, H)
+        obs_embed = F.linear(embed, obs_w[:, D:], obs_b)                               # (B, T, H)
         posts, priors = [], []
         for t in range(length):
-            lab = label[:, t] if label is not None and label.dim() == 3 else label
-            state, prior = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t], sample, lab)
+            k = keep[:, t]
+            stoch, deter = state['stoch'] * k, state['deter'] * k
+            x = F.elu(F.linear(stoch, img_w[:, :S], img_b) + img_extra[:, t])
+            deter = self.cell(x, deter)
+            prior = dict(self._dist(self.img_out(deter), sample), deter=deter)
+            hidden = F.elu(F.linear(deter, obs_w[:, :D]) + obs_embed[:, t])
+            state = dict(self._dist(self.obs_out[2](hidden), sample), deter=deter)
             posts.append(state)
             priors.append(prior)
         stack = lambda seq: {k: torch.stack([s[k] for s in seq], 1) for k in seq[0]}

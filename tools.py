@@ -222,6 +222,9 @@ def finalize_config(config: Config) -> Config:
     if method not in METHODS:
         raise ConfigError(f"Unknown --method_name '{method}'.{_close(method, METHODS)} Methods: {', '.join(METHODS)}.")
     config.method_name = method
+    config.precision = str(config.precision)
+    if config.precision not in ('32', 'bf16', '16'):
+        raise ConfigError(f"--precision must be 32, bf16 or 16, got '{config.precision}'.")
     if config.batch_size < 1 or config.batch_length < 2:
         raise ConfigError('--batch_size must be >= 1 and --batch_length >= 2.')
     return config
@@ -287,6 +290,7 @@ def gaussian_std(raw: torch.Tensor, min_std: float) -> torch.Tensor:
 
 def normal_kl(mean1, std1, mean2, std2) -> torch.Tensor:
     """KL(N(mean1, std1) || N(mean2, std2)) summed over the last dim."""
+    mean1, std1, mean2, std2 = (x.float() for x in (mean1, std1, mean2, std2))  # fp32 under autocast
     var_ratio = (std1 / std2) ** 2
     return 0.5 * (var_ratio + ((mean1 - mean2) / std2) ** 2 - 1 - torch.log(var_ratio)).sum(-1)
 
@@ -308,12 +312,13 @@ def balanced_kl(post: dict, prior: dict, balance: float, free: float, scale: flo
 
 def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int) -> torch.Tensor:
     """-log N(target; mean, 1), summed over the last `event_dims` dims (includes the 0.5 log 2pi constant)."""
-    nll = 0.5 * (target - mean) ** 2 + 0.5 * np.log(2 * np.pi)
+    nll = 0.5 * (target.float() - mean.float()) ** 2 + 0.5 * np.log(2 * np.pi)
     return nll.sum(dim=tuple(range(-event_dims, 0))) if event_dims else nll
 
 
 def standard_normal_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)) per dimension (the beta-VAE term)."""
+    mean, logvar = mean.float(), logvar.float()
     return -0.5 * (1 + logvar - mean ** 2 - logvar.exp())
 
 
@@ -375,28 +380,45 @@ def distill_weight(step: int, cfg) -> float:
 # Optimisation helpers
 # --------------------------------------------------------------------------------------------------------------------
 class Optimizer:
-    """Adam with gradient clipping over a fixed parameter list; `step(loss)` returns the grad norm tensor."""
+    """Adam with gradient clipping over a fixed parameter list; `step(loss)` returns the grad norm tensor.
 
-    def __init__(self, name, parameters, lr, eps, clip, weight_decay=0.0):
+    With `scaler=True` (fp16 training) the loss is scaled and steps with inf/nan gradients are skipped.
+    """
+
+    def __init__(self, name, parameters, lr, eps, clip, weight_decay=0.0, scaler=False):
         self.name = name
-        self.parameters = [p for p in parameters if p.requires_grad]
+        self.parameters = list(parameters)
         self.clip = clip
-        kwargs = dict(lr=lr, eps=eps, weight_decay=weight_decay)
+        kwargs = dict(lr=lr, eps=eps, weight_decay=weight_decay, foreach=True)
         self.opt = torch.optim.AdamW(self.parameters, **kwargs) if weight_decay else torch.optim.Adam(
             self.parameters, **kwargs)
+        device = self.parameters[0].device.type if self.parameters else 'cpu'
+        self.scaler = torch.amp.GradScaler(device) if scaler else None
 
     def step(self, loss: torch.Tensor) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.clip, foreach=True)
-        self.opt.step()
+        if self.scaler is None:
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.clip, foreach=True)
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.clip, foreach=True)
+            self.scaler.step(self.opt)
+            self.scaler.update()
         return norm.detach()
 
     def state_dict(self):
-        return self.opt.state_dict()
+        state = {'opt': self.opt.state_dict()}
+        if self.scaler is not None:
+            state['scaler'] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state):
-        self.opt.load_state_dict(state)
+        self.opt.load_state_dict(state['opt'] if 'opt' in state else state)
+        if self.scaler is not None and 'scaler' in state:
+            self.scaler.load_state_dict(state['scaler'])
 
 
 class RequiresGrad:
@@ -492,3 +514,22 @@ class Logger:
 
 def timestamp() -> str:
     return datetime.datetime.now().strftime('%Y%m%dT%H%M%S')
+
+
+def compiled(fn, name: str):
+    """torch.compile(fn), falling back to the eager function (once, with a warning) if compilation fails."""
+    compiled_fn = torch.compile(fn, dynamic=False)
+    state = {'fn': compiled_fn}
+
+    def call(*args, **kwargs):
+        try:
+            return state['fn'](*args, **kwargs)
+        except Exception as e:  # compiler missing, unsupported op, ...: keep training in eager mode
+            if state['fn'] is fn:
+                raise
+            print(f'Warning: torch.compile failed for {name} ({type(e).__name__}: {str(e)[:200]}); '
+                  f'running it eagerly.', file=sys.stderr)
+            state['fn'] = fn
+            return fn(*args, **kwargs)
+    call.compiled = compiled_fn
+    return call

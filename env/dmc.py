@@ -77,6 +77,8 @@ class DMCEnv:
         camera = config_get(config, 'camera', None)
         self._camera_id = default_camera(self.domain) if camera is None else camera
         self._camera = None  # created on the first render, then reused (building one allocates a scene)
+        self._seg_camera = None  # segmentation camera of `material_coverage` (opt-in factors only)
+        self._layout = None  # cached by `_state_layout`
 
         spec = self._env.action_spec()
         self._action_low = np.asarray(spec.minimum, np.float64) * np.ones(spec.shape)
@@ -127,13 +129,91 @@ class DMCEnv:
         # Camera.render returns a flipped view of its reused buffer: copy so frames do not alias each other.
         return np.array(self._camera.render(), dtype=np.uint8, copy=True)
 
-    def factors(self) -> dict:
-        return {'color': self.colors.colors}
+    def factors(self, full: bool = False) -> dict:
+        """`color`: the distractor state the next `render()` shows. With `full` (opt-in, used only by the held-out
+        evaluation collection; see docs/disentanglement.md) also the ground-truth factors of that frame:
+        `material_rgb` (M * 3,) float32, every material's RGB read from the model (what the renderer uses),
+        `state` (S,) float32 (see `state_factors`) and `material_coverage` (M,) float32, the fraction of the
+        camera's pixels covered by geoms of each material (a segmentation render of the current frame)."""
+        if not full:
+            return {'color': self.colors.colors}
+        return {'color': self.colors.colors,
+                'material_rgb': np.array(self.physics.model.mat_rgba[:, :3], np.float32).ravel(),
+                'state': self.state_factors(),
+                'material_coverage': self.material_coverage()}
+
+    # ---- Ground-truth factors (opt-in: nothing below runs during training) ----------------------------------------
+    @property
+    def unwrapped(self) -> 'DMCEnv':
+        """The base env itself; the wrappers forward this attribute, so `make_env(...).unwrapped` reaches it."""
+        return self
+
+    @property
+    def material_names(self) -> list[str]:
+        model = self.physics.model
+        return [model.material(i).name or f'material{i}' for i in range(model.nmat)]
+
+    @property
+    def state_factor_names(self) -> list[str]:
+        return [name for name, _, _ in self._state_layout()]
+
+    def state_factors(self) -> np.ndarray:
+        """Joint positions as visible in one frame, float32 (S,) named by `state_factor_names`: qpos without
+        velocities; an unlimited hinge as (sin, cos); a limited hinge / slide as its value; ball and free joints as
+        their quaternion (and, for free joints, position). With a tracking camera (mode track / trackcom) the root's
+        horizontal position is dropped: root-x slide joints and the x, y of a root free joint."""
+        qpos = self.physics.data.qpos
+        out = np.empty(len(self._state_layout()), np.float32)
+        for i, (_, adr, kind) in enumerate(self._state_layout()):
+            out[i] = np.sin(qpos[adr]) if kind == 'sin' else np.cos(qpos[adr]) if kind == 'cos' else qpos[adr]
+        return out
+
+    def material_coverage(self) -> np.ndarray:
+        """Fraction of the camera's pixels showing a geom of each material (float32 (M,)), from a segmentation render
+        of the current state on a second camera (the RGB camera and its scene are untouched)."""
+        if self._seg_camera is None:
+            from dm_control.mujoco.engine import Camera
+            self._seg_camera = Camera(self._env.physics, self._height, self._width, self._camera_id)
+        seg = self._seg_camera.render(segmentation=True)
+        model = self.physics.model
+        geom_ids = seg[..., 0][seg[..., 1] == 5]  # mjOBJ_GEOM
+        matid = model.geom_matid[geom_ids]
+        counts = np.bincount(matid[matid >= 0], minlength=model.nmat)[:model.nmat]
+        return (counts / float(seg.shape[0] * seg.shape[1])).astype(np.float32)
+
+    def _state_layout(self) -> list[tuple[str, int, str]]:
+        """(name, qpos address, 'value' | 'sin' | 'cos') per state factor; depends on the model only, cached."""
+        if self._layout is None:
+            model = self.physics.model
+            camera = self._camera_id if isinstance(self._camera_id, int) else model.camera(self._camera_id).id
+            tracking = model.ncam > 0 and int(model.cam_mode[camera]) in (1, 2)  # mjCAMLIGHT_TRACK, TRACKCOM
+            layout = []
+            for j in range(model.njnt):
+                name, adr, kind = model.joint(j).name or f'joint{j}', int(model.jnt_qposadr[j]), int(model.jnt_type[j])
+                root = int(model.body_parentid[model.jnt_bodyid[j]]) == 0
+                if kind == 0:  # free: x y z, quaternion w x y z
+                    parts = [('z', 2)] if tracking and root else [('x', 0), ('y', 1), ('z', 2)]
+                    parts += [(f'q{c}', 3 + i) for i, c in enumerate('wxyz')]
+                    layout += [(f'{name}_{p}', adr + o, 'value') for p, o in parts]
+                elif kind == 1:  # ball: quaternion
+                    layout += [(f'{name}_q{c}', adr + i, 'value') for i, c in enumerate('wxyz')]
+                elif kind == 2:  # slide
+                    if not (tracking and root and abs(model.jnt_axis[j][0]) > 0.99):
+                        layout.append((name, adr, 'value'))
+                elif model.jnt_limited[j]:
+                    layout.append((name, adr, 'value'))
+                else:  # unlimited hinge: the angle wraps
+                    layout += [(f'{name}_sin', adr, 'sin'), (f'{name}_cos', adr, 'cos')]
+            self._layout = layout
+        return self._layout
 
     def close(self) -> None:
         if self._camera is not None:
             self._camera._scene.free()  # the public Physics.render frees its scenes the same way
             self._camera = None
+        if self._seg_camera is not None:
+            self._seg_camera._scene.free()
+            self._seg_camera = None
         # Frees the GL context explicitly; otherwise EGL prints errors at interpreter exit. Safe to call twice.
         self._env.physics.free()
 

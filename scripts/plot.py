@@ -264,10 +264,11 @@ def plot_curves(groups: list[Group], out: str, dpi: int = 150) -> list[str]:
     for ax, task in zip(axes.flat, tasks):
         panel = [g for g in groups if g.task == task]
         sources = {g.source for g in panel if g.source}
+        named = sources or set(ex.paper_sources(task)[:1])   # runs from scratch only: the paper's pairing
         title = ex.task_label(task)
-        if len(sources) == 1:
-            title = f'{ex.task_label(next(iter(sources)))} → {title}'
-        xmax = 0
+        if len(named) == 1:
+            title = f'{ex.task_label(next(iter(named)))} → {title}'
+        xmax = max((s[0][-1] for g in panel for s in g.series if len(s[0])), default=0)
         for g in panel:
             steps, mean, std, n = aggregate(g.series)
             if not len(steps):
@@ -279,8 +280,7 @@ def plot_curves(groups: list[Group], out: str, dpi: int = 150) -> list[str]:
             line, = ax.plot(steps, mean, ':', color=color, lw=1.2)   # dotted where fewer seeds reached
             ax.plot(np.where(full, steps, np.nan), np.where(full, mean, np.nan), '-', color=line.get_color(), lw=1.6)
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.18, lw=0)
-            handles.setdefault(label, Line2D([], [], color=line.get_color(), lw=1.6, label=f'{label}'))
-            xmax = max(xmax, steps[-1])
+            handles.setdefault(label, Line2D([], [], color=line.get_color(), lw=1.6, label=label))
             paper = ex.paper_results(task, g.method, g.source) if task in ex.TASKS and g.metric == ex.TASKS[
                 task].metric else []
             if paper and xmax >= 0.5e6:   # the paper's values are at 1M env steps
@@ -290,9 +290,10 @@ def plot_curves(groups: list[Group], out: str, dpi: int = 150) -> list[str]:
                                       label='paper, final (≈ Fig. 4 / Tables A, B)')
         for g in panel:   # the distractor switch at half the steps (the dip at 0.5M in the paper's Fig. 4)
             config = g.runs[0].config
-            if config.get('steps') and (config.get('color_distractor') or str(config.get('task', '')).startswith(
-                    'metaworld_')):
-                ax.axvline(float(config['steps']) / 2, color='0.5', ls='--', lw=0.8, zorder=0)
+            switch = float(config.get('steps') or 0) / 2
+            if 0 < switch <= xmax and (config.get('color_distractor') or
+                                       str(config.get('task', '')).startswith('metaworld_')):
+                ax.axvline(switch, color='0.5', ls='--', lw=0.8, zorder=0)
                 break
         ax.set_title(title, fontsize=11)
         ax.set_xlabel('environment steps')

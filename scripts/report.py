@@ -248,11 +248,31 @@ def disentanglement_files(root: str) -> list[str]:
     return found
 
 
-def disentanglement_section(root: str) -> str:
+def disentanglement_section(root: str, out: str) -> str:
+    """Each disentanglement table, its own images embedded; images it links to (heat maps) embedded below it."""
     parts = []
     for path in disentanglement_files(root):
+        base, linked = os.path.dirname(path), []
+
+        def local(match):
+            attr, target = match[1], match[2]
+            if re.match(r'^([a-z]+:|/|#)', target):      # URLs, absolute paths and anchors stay as they are
+                return match[0]
+            full = os.path.normpath(os.path.join(base, html.unescape(target)))
+            if attr == 'src' and data_uri(full):
+                return f'src="{data_uri(full)}"'
+            if full.lower().endswith(('.png', '.gif', '.jpg', '.jpeg')) and os.path.exists(full):
+                linked.append(full)
+            return f'{attr}="{esc(os.path.relpath(full, os.path.dirname(os.path.abspath(out))))}"'
+
         with open(path, encoding='utf-8', errors='replace') as f:
-            parts.append(f'<h3>{esc(rel(path, root))}</h3>\n{markdown_to_html(f.read())}')
+            body = re.sub(r'\b(href|src)="([^"]*)"', local, markdown_to_html(f.read()))
+        if linked:
+            figures = ''.join(f'<figure>{image(p, os.path.basename(p))}<figcaption>{esc(os.path.basename(p))}'
+                              f'</figcaption></figure>' for p in dict.fromkeys(linked))
+            body += (f'<details><summary>The {len(set(linked))} images linked above</summary>'
+                     f'<div class="gallery">{figures}</div></details>')
+        parts.append(f'<h3>{esc(rel(path, root))}</h3>\n{body}')
     return '\n'.join(parts)
 
 
@@ -287,7 +307,7 @@ def build(root: str, out: str, plots_dir: str, metric: str = plot.AUTO, window: 
     for key, name, body in (('pretraining', 'Pretraining', pretrain_section(runs, root)),
                             ('videos', 'Evaluation videos', video_section(runs, root, max_gifs)),
                             ('eval', 'Evaluation-only runs', eval_results_section(runs, root)),
-                            ('disentanglement', 'Disentanglement', disentanglement_section(root))):
+                            ('disentanglement', 'Disentanglement', disentanglement_section(root, out))):
         if body:
             sections.append((key, name, body))
     nav = ' '.join(f'<a href="#{key}">{esc(name)}</a>' for key, name, _ in sections)

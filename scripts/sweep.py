@@ -39,7 +39,7 @@ class Run:
     """One dreamer.py invocation of a sweep."""
     logdir: str
     cmd: list
-    kind: str                       # 'pretrain' | 'online'
+    kind: str                       # 'pretrain' | 'online' | 'eval' (of an online run's checkpoint)
     needs: str | None = None        # pretraining run folder whose video model this run loads
     data: str | None = None         # pretraining dataset folder
 
@@ -104,6 +104,16 @@ def online_run(args, source: str, target: str, method_key: str, seed: int) -> Ru
     return Run(logdir, cmd + tail_flags(args), 'online', needs=needs)
 
 
+def eval_run(run: Run) -> Run:
+    """An evaluation-only run of `run`'s final checkpoint, same flags, into `<run>/eval` (GIFs in eval_videos/)."""
+    cmd = list(run.cmd)
+    at = cmd.index('--logdir') + 1
+    logdir = os.path.join(run.logdir, 'eval')
+    cmd[at] = logdir
+    cmd[at + 1:at + 1] = ['--mode', 'eval', '--checkpoint', os.path.join(run.logdir, 'checkpoint.pt')]
+    return Run(logdir, cmd, 'eval', needs=run.logdir)
+
+
 def build_runs(args) -> list[Run]:
     """Every run of the chosen experiments after the filters: pretraining first, then seed by seed, each run folder
     once (Fig. 4 and Table A share reacher_easy -> cheetah_run)."""
@@ -127,6 +137,8 @@ def build_runs(args) -> list[Run]:
                         if args.methods is None or method in args.methods:
                             add(online_run(args, source, target, method, seed))
     ordered = sorted(runs.values(), key=lambda r: r.kind != 'pretrain')   # stable: table order within a kind
+    if args.eval:
+        ordered = [eval_run(r) for r in ordered if r.kind == 'online']
     if not ordered:
         raise SystemExit(f'Error: no runs match --tasks {args.tasks} --methods {args.methods} in '
                          f'{", ".join(args.experiments)}.')
@@ -135,6 +147,8 @@ def build_runs(args) -> list[Run]:
 
 def progress(args, run: Run) -> tuple[int, int | None]:
     """(last logged step, step at which the run is finished) of a run folder; (0, None) if it has not started."""
+    if run.kind == 'eval':
+        return int(os.path.exists(os.path.join(run.logdir, 'eval_result.json'))), 1
     config = rundata.read_config(run.logdir)
     if not config:
         return 0, None
@@ -162,7 +176,8 @@ def check_inputs(runs: list[Run]) -> list[str]:
             problems.append(f'Pretraining dataset {run.data} not found: python scripts/download_datasets.py '
                             f'--tasks {source} --out {os.path.dirname(os.path.dirname(run.data))} ({DATASETS_URL}), '
                             f'or point --data-root at it.')
-        if run.needs and run.needs not in produced and not os.path.exists(os.path.join(run.needs, 'encoder.pt')):
+        if run.kind == 'online' and run.needs and run.needs not in produced and not os.path.exists(
+                os.path.join(run.needs, 'encoder.pt')):
             missing.setdefault(run.needs, []).append(run.logdir)
     for needs, users in missing.items():
         source = os.path.basename(os.path.dirname(needs))
@@ -427,6 +442,9 @@ def parse_args(argv=None):
     how = parser.add_argument_group('how')
     how.add_argument('--dry-run', action='store_true', help='print the commands, one per line, and exit')
     how.add_argument('--status', action='store_true', help='print each run\'s progress and exit')
+    how.add_argument('--eval', action='store_true',
+                     help='instead of training: evaluate each online run\'s checkpoint with dreamer.py --mode eval '
+                          'into <run>/eval (return on eval_distractor, GIFs in <run>/eval/eval_videos)')
     how.add_argument('--launcher', choices=('local', 'slurm'), default=os.environ.get('LAUNCHER', 'local'))
     how.add_argument('--jobs', type=int, default=int(os.environ.get('JOBS', 1)),
                      help='local: concurrent runs (default env JOBS, else 1); with several GPUs in '
@@ -512,6 +530,11 @@ def main(argv=None) -> int:
     todo = runs if args.rerun_done else [r for r in runs if not is_done(args, r)]
     if len(todo) < len(runs):
         print(f'Skipping {len(runs) - len(todo)} finished runs (--rerun-done to run them again).')
+    if args.eval:
+        ready = [r for r in todo if os.path.exists(os.path.join(r.needs, 'checkpoint.pt'))]
+        if len(ready) < len(todo):
+            print(f'Skipping {len(todo) - len(ready)} runs without a checkpoint.pt yet.')
+        todo = ready
     running = [r for r in todo if is_running(r.logdir)]
     if running:
         print(f'Skipping {len(running)} runs that another sweep is running now, e.g. {running[0].logdir}.')

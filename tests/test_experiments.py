@@ -277,6 +277,17 @@ def test_pretrain_root_and_seed_overrides_and_dedup():
     assert [r.kind for r in sweep.build_runs(args)][:4] == ['pretrain'] * 4
 
 
+def test_eval_sweep_evaluates_each_checkpoint_with_the_same_flags():
+    train = by_logdir(dry_run('finetune_tableB.sh', '--seeds', '0', '--methods', 'diswm'))
+    evals = by_logdir(dry_run('finetune_tableB.sh', '--seeds', '0', '--methods', 'diswm', '--eval'))
+    assert set(evals) == {f'{d}/eval' for d in train}
+    cmd = evals['runs/drawer_open/diswm/seed_0/eval']
+    assert (flag(cmd, '--mode'), flag(cmd, '--checkpoint')) == ('eval', 'runs/drawer_open/diswm/seed_0/checkpoint.pt')
+    strip = lambda c: [a for i, a in enumerate(c) if not (c[i - 1] in ('--logdir', '--mode', '--checkpoint') or
+                                                          a in ('--logdir', '--mode', '--checkpoint'))]
+    assert strip(cmd) == strip(train['runs/drawer_open/diswm/seed_0'])
+
+
 def test_sweep_rejects_unknown_names():
     for bad in (['fig4', '--methods', 'dreamer'], ['fig4', '--tasks', 'walker_run'], ['fig5']):
         result = subprocess.run([sys.executable, os.path.join(SCRIPTS, 'sweep.py'), *bad, '--dry-run'],
@@ -383,17 +394,20 @@ def test_report_is_self_contained_with_images_and_tables(synthetic, tmp_path):
     (eval_dir / 'eval_result.json').write_text(json.dumps(dict(task='dmc2gym_walker_walk', returns=[1, 3], mean=2.0,
                                                                std=1.0, success_rate=0.0, checkpoint='c.pt')))
     (root / 'disentanglement').mkdir()
-    (root / 'disentanglement' / 'cheetah.md').write_text('| model | D |\n|---|---|\n| DisWM | 0.613 |\n')
+    (root / 'disentanglement' / 'cheetah.md').write_text('| model | D |\n|---|---|\n| DisWM | 0.613 |\n\n'
+                                                         'Heat maps: [DisWM](importance_diswm.png)\n')
+    imageio.imwrite(root / 'disentanglement' / 'importance_diswm.png', np.zeros((8, 8, 3), np.uint8))
     out = tmp_path / 'report.html'
     assert report.main([str(root), '--out', str(out), '--window', '3']) == 0
     page = out.read_text()
     assert page.startswith('<!DOCTYPE html>') and page.rstrip().endswith('</html>')
-    assert page.count('data:image/png;base64,') >= 2            # curves + the traversal
+    assert page.count('data:image/png;base64,') == 3            # curves, the traversal, the linked heat map
     assert page.count('data:image/gif;base64,') == 1
     assert 'traverse_00020000.png' in page and 'traverse_00010000.png' not in page   # the latest only
     srcs = [part.split('"', 1)[0] for part in page.split('src="')[1:]]
     assert srcs and all(s.startswith('data:') for s in srcs)   # nothing loaded from disk
     assert '850.0 ± 40.8' in page and '≈915 (Fig. 4)' in page and '70.0 ± 10.0' in page
     assert '<td>0.613</td>' in page                             # the disentanglement table, as a table
+    assert 'href="runs/disentanglement/importance_diswm.png"' in page   # the link still works beside the runs
     assert '2.0 ± 1.0' in page                                  # the eval-only run
     assert 'K = 3' in page

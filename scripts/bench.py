@@ -1,0 +1,279 @@
+"""Benchmark: seconds per training update (world model + behaviour), memory, achieved GFLOP/s; env and replay speed.
+
+    python scripts/bench.py --mode all --batch 16,50 --length 50            # the table of docs/benchmarks.md
+    python scripts/bench.py --mode diswm --batch 16 --precision bf16         # one mode, bf16 autocast
+    python scripts/bench.py --mode all --batch 16 --device cuda --compile True
+    python scripts/bench.py --envs 1,2 --replay                              # env throughput, replay sampler
+
+Each (mode, batch) measurement runs in a fresh subprocess so its peak memory is its own. Updates use random data of
+the dmc2gym preset's shapes (64x64 images, 6-dim actions) and hyperparameters: warm-up updates, then the median of
+the timed ones. One JSON line per measurement on stdout, then a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault('MUJOCO_GL', 'egl')
+
+MODES = {
+    'diswm': 'DisWM finetune (beta-VAE, distillation)',
+    'dreamerv2': 'DreamerV2',
+    'pretrain': 'action-free beta-VAE pretraining',
+}
+
+
+def matmul_peak(threads: int, device: str, dtype_name: str = 'float32', size: int = 2048) -> float:
+    """GFLOP/s of a large square matmul: the practical arithmetic limit the updates are compared against."""
+    import torch
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(5):
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def child(args) -> dict:
+    """One measurement (runs in its own process)."""
+    import numpy as np
+    import torch
+    import models
+    import tools
+
+    torch.set_num_threads(args.threads)
+    B, L = args.batch[0], args.length
+    argv = ['--configs', 'defaults', 'dmc2gym', '--batch_size', str(B), '--batch_length', str(L), '--device',
+            args.device, '--precision', args.precision, '--compile', str(args.compile), '--logdir', '/tmp/bench',
+            '--seed', '0']
+    tmp = tempfile.mkdtemp()
+    if args.mode == 'diswm':
+        video = models.WorldModel(tools.make_config(argv + ['--beta_vae_pretrain', 'True', '--beta_vae', 'True']), 2,
+                                  models.METHOD_SPECS['pretrain'])
+        models.save_video_model(tmp, video, dict(z_dim=20))
+        argv += ['--method_name', 'diswm', '--beta_vae', 'True', '--pretrain_checkpoint_path', tmp]
+    elif args.mode == 'pretrain':
+        argv += ['--beta_vae_pretrain', 'True', '--beta_vae', 'True']
+    config = tools.make_config(argv)
+    rng = np.random.default_rng(0)
+    A = 6
+
+    def batch():
+        b = dict(image=rng.integers(0, 255, (B, L, 64, 64, 3), dtype=np.uint8),
+                 action=rng.uniform(-1, 1, (B, L, A)).astype(np.float32),
+                 reward=rng.normal(size=(B, L)).astype(np.float32), is_first=np.zeros((B, L), bool))
+        b['is_first'][:, 0] = True
+        return b
+
+    cuda = args.device.startswith('cuda')
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if args.mode == 'pretrain':
+        wm = models.WorldModel(config, 2, models.METHOD_SPECS['pretrain']).to(config.device)
+        if config.compile:
+            for module in (wm.encoder, wm.decoder):
+                module.forward = tools.compiled(module.forward, type(module).__name__)
+            wm.rssm.obs_step = tools.compiled(wm.rssm.obs_step, 'RSSM.obs_step')
+        opt = tools.Optimizer('model', wm.parameters(), config.model_lr, config.opt_eps, config.grad_clip,
+                              scaler=config.precision == '16')
+        dtype = {'bf16': torch.bfloat16, '16': torch.float16}.get(config.precision)
+        device_type = 'cuda' if cuda else 'cpu'
+
+        def update(data):
+            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+                loss, _, metrics = wm.loss(data, 0)
+            opt.step(loss)
+            sync()
+            return metrics, None
+
+        def prepare(b):
+            return {'image': torch.as_tensor(b['image']).to(config.device),
+                    'is_first': torch.as_tensor(b['is_first']).to(config.device).float()}
+    else:
+        agent = models.Agent(config, A)
+
+        def update(data):
+            t0 = time.perf_counter()
+            out, metrics = agent.update_world_model(data, 10_000)
+            sync()
+            t1 = time.perf_counter()
+            metrics.update(agent.update_behavior(out))
+            sync()
+            return metrics, (t1 - t0, time.perf_counter() - t1)
+
+        prepare = agent.to_torch
+
+    data = [batch() for _ in range(2)]
+    for i in range(args.warmup):
+        update(prepare(data[i % 2]))
+    flops = None
+    if args.flops:
+        from torch.utils.flop_counter import FlopCounterMode
+        counter = FlopCounterMode(display=False)
+        with counter:
+            update(prepare(data[0]))
+        flops = counter.get_total_flops()
+    times, wm_times, beh_times, losses = [], [], [], []
+    for i in range(args.repeats):
+        t = time.perf_counter()
+        metrics, split = update(prepare(data[i % 2]))
+        times.append(time.perf_counter() - t)
+        if split:
+            wm_times.append(split[0])
+            beh_times.append(split[1])
+        losses.append(float(metrics['model_loss']))
+    median = statistics.median(times)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return dict(mode=args.mode, batch=B, length=L, s_per_update=median,
+                s_world_model=statistics.median(wm_times) if wm_times else median,
+                s_behavior=statistics.median(beh_times) if beh_times else 0.0,
+                updates_per_s=1 / median, min_s=min(times), max_s=max(times), repeats=args.repeats,
+                peak_mem_gb=peak, peak_kind='cuda_max_allocated' if cuda else 'process_max_rss',
+                gflop_per_update=flops / 1e9 if flops else None,
+                gflops=flops / 1e9 / median if flops else None,
+                device=args.device, precision=args.precision, compile=bool(args.compile),
+                torch=torch.__version__, threads=torch.get_num_threads(), final_loss=losses[-1])
+
+
+def bench_replay(repeats: int = 20) -> dict:
+    import numpy as np
+    import replay as replay_lib
+    buffer = replay_lib.Replay(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        n = 501
+        buffer.add_episode(dict(image=rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8),
+                                action=rng.uniform(-1, 1, (n, 6)).astype(np.float32),
+                                reward=rng.normal(size=n).astype(np.float32), is_first=np.eye(1, n, 0, bool)[0]))
+    buffer.sample(50, 50)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        buffer.sample(50, 50)
+    per = (time.perf_counter() - t) / repeats
+    return dict(kind='replay', batch=50, length=50, stored_steps=len(buffer), s_per_batch=per,
+                batches_per_s=1 / per)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--mode', default='all', help=f"all or a comma list of {', '.join(MODES)} (none: skip)")
+    parser.add_argument('--batch', default='16,50', help='batch sizes, comma-separated')
+    parser.add_argument('--length', type=int, default=50)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--precision', default='32', choices=['32', 'bf16', '16'])
+    parser.add_argument('--compile', default='False', choices=['True', 'False'])
+    parser.add_argument('--flops', default='True', choices=['True', 'False'],
+                        help='count FLOPs of one update (torch.utils.flop_counter) for GFLOP/s')
+    parser.add_argument('--envs', default='', help='also measure env throughput with these worker counts, e.g. 1,2')
+    parser.add_argument('--env_tasks', default='dmc2gym_cheetah_run,gymnasium_Pusher-v5,metaworld_drawer-open-v1')
+    parser.add_argument('--env_steps', type=int, default=300)
+    parser.add_argument('--replay', action='store_true', help='also measure the replay sampler')
+    parser.add_argument('--out', default='', help='append the JSON lines to this file')
+    parser.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.batch = [int(b) for b in args.batch.split(',') if b]
+    args.compile = args.compile == 'True'
+    args.flops = args.flops == 'True'
+    if args._child:
+        print(json.dumps(child(args)))
+        return
+    results = []
+
+    def emit(row):
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, 'a') as f:
+                f.write(json.dumps(row) + '\n')
+
+    modes = list(MODES) if args.mode == 'all' else [m for m in args.mode.split(',') if m and m != 'none']
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        sys.exit(f"Unknown --mode {unknown}: use all or {', '.join(MODES)}.")
+    if args.device.startswith('cuda'):
+        import torch
+        if not torch.cuda.is_available():
+            sys.exit('--device cuda requested but no CUDA GPU is available.')
+    if modes:
+        peak32 = matmul_peak(args.threads, args.device, 'float32')
+        peak16 = matmul_peak(args.threads, args.device, 'bfloat16')
+        emit(dict(kind='matmul_peak', device=args.device, threads=args.threads, fp32_gflops=peak32,
+                  bf16_gflops=peak16))
+    for mode in modes:
+        for batch in args.batch:
+            cmd = [sys.executable, os.path.abspath(__file__), '--_child', '--mode', mode, '--batch', str(batch),
+                   '--length', str(args.length), '--warmup', str(args.warmup), '--repeats', str(args.repeats),
+                   '--threads', str(args.threads), '--device', args.device, '--precision', args.precision,
+                   '--compile', str(args.compile), '--flops', str(args.flops)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode != 0:
+                print(proc.stderr[-2000:], file=sys.stderr)
+                sys.exit(f'benchmark of {mode} at batch {batch} failed')
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row['kind'] = 'update'
+            if row.get('gflops'):
+                peak = peak16 if args.precision in ('bf16', '16') else peak32
+                row['fraction_of_matmul_peak'] = row['gflops'] / peak
+            emit(row)
+    if args.envs:
+        from env.parallel import measure_env_throughput
+        for task in args.env_tasks.split(','):
+            for n in [int(x) for x in args.envs.split(',')]:
+                emit(dict(kind='env', **measure_env_throughput(task, n, args.env_steps, 0)))
+    if args.replay:
+        emit(bench_replay())
+
+    print()
+    updates = [r for r in results if r.get('kind') == 'update']
+    if updates:
+        print(f"| mode | B x L | s/update | world model | behaviour | updates/s | peak mem (GB) | GFLOP/update | "
+              f"GFLOP/s | % of {args.precision if args.precision != '32' else 'fp32'} matmul peak |")
+        print('|---|---|---|---|---|---|---|---|---|---|')
+        for r in updates:
+            gf = f"{r['gflop_per_update']:.0f}" if r.get('gflop_per_update') else '-'
+            gs = f"{r['gflops']:.0f}" if r.get('gflops') else '-'
+            frac = f"{100 * r['fraction_of_matmul_peak']:.0f} %" if r.get('fraction_of_matmul_peak') else '-'
+            print(f"| {MODES[r['mode']]} | {r['batch']} x {r['length']} | {r['s_per_update']:.2f} | "
+                  f"{r['s_world_model']:.2f} | {r['s_behavior']:.2f} | {r['updates_per_s']:.2f} | "
+                  f"{r['peak_mem_gb']:.2f} | {gf} | {gs} | {frac} |")
+        peak = next(r for r in results if r.get('kind') == 'matmul_peak')
+        print(f"\nmatmul peak ({args.device}, {args.threads} threads): fp32 {peak['fp32_gflops']:.0f} GFLOP/s, "
+              f"bf16 {peak['bf16_gflops']:.0f} GFLOP/s; precision {args.precision}, compile {args.compile}, "
+              f"torch {updates[0]['torch']}")
+    envs = [r for r in results if r.get('kind') == 'env']
+    if envs:
+        print('\n| task | envs | agent steps/s |')
+        print('|---|---|---|')
+        for r in envs:
+            print(f"| {r.get('task')} | {r.get('n_envs')} | {r.get('steps_per_s', float('nan')):.1f} |")
+    for r in results:
+        if r.get('kind') == 'replay':
+            print(f"\nreplay sampler: {r['batches_per_s']:.0f} batches/s of 50 x 50 from {r['stored_steps']} steps")
+
+
+if __name__ == '__main__':
+    main()
