@@ -93,8 +93,52 @@ class EpisodeRecorder:
 
 def random_policy(action_size: int, rng: np.random.Generator):
     def act(obs, state, training=True):
-        return rng.uniform(-1, 1, (1, action_size)).astype(np.float32), None
+        return rng.uniform(-1, 1, (len(obs['image']), action_size)).astype(np.float32), None
     return act
+
+
+class Collector:
+    """Steps a batch of envs (`env.parallel.ParallelEnvs`) with a policy, restarting finished episodes.
+
+    The policy's state has a leading env axis; an env that restarts shows `is_first` in its next observation, which
+    resets just that row of the agent state.
+    """
+
+    def __init__(self, envs):
+        self.envs = envs
+        self.obs, self.recs, self.state = None, None, None
+
+    def step(self, policy, training: bool) -> list:
+        """One step of every env; returns the EpisodeRecorders of the episodes that ended."""
+        from env.parallel import stack_obs
+        if self.obs is None:
+            self.obs = self.envs.reset()
+            self.recs = [EpisodeRecorder(self.envs.action_size) for _ in self.obs]
+            for rec, first in zip(self.recs, self.obs):
+                rec.add(first)
+            self.state = None
+        action, self.state = policy(stack_obs(self.obs), self.state, training)
+        obs, rewards, dones, infos = self.envs.step(action)
+        finished = []
+        for i, rec in enumerate(self.recs):
+            rec.add(obs[i], action[i], rewards[i], infos[i])
+        done = np.flatnonzero(dones)
+        if len(done):
+            for i, first in zip(done, self.envs.reset(done)):
+                finished.append(self.recs[i])
+                obs[i], self.recs[i] = first, EpisodeRecorder(self.envs.action_size)
+                self.recs[i].add(first)
+        self.obs = obs
+        return finished
+
+    def episodes(self, policy, training: bool, count: int) -> list:
+        """Runs until `count` episodes have ended (from a fresh reset of every env); returns the first `count`."""
+        self.obs = None
+        done = []
+        while len(done) < count:
+            done.extend(self.step(policy, training))
+        self.obs = None  # leftover partial episodes are dropped: the next call starts fresh
+        return done[:count]
 
 
 def run_episode(env, policy, training: bool):
@@ -114,15 +158,6 @@ def run_episode(env, policy, training: bool):
 # --------------------------------------------------------------------------------------------------------------------
 # Online training
 # --------------------------------------------------------------------------------------------------------------------
-def make_env(config, seed: int, distractor: str):
-    """`env.make_env` with user errors (unknown suite or task) turned into one clear message."""
-    import env as envs
-    try:
-        return envs.make_env(config.task, config, seed, distractor)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
 def distractor_schedule(config) -> dict:
     import env as envs
     try:
@@ -132,10 +167,19 @@ def distractor_schedule(config) -> dict:
         raise ConfigError(str(e)) from None
 
 
+def make_parallel(config, seed: int, distractor: str):
+    """`config.envs` envs seeded seed + i (worker processes when more than one)."""
+    from env.parallel import ParallelEnvs
+    try:
+        return ParallelEnvs(config.task, config, [seed + i for i in range(config.envs)], distractor)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def make_envs(config, schedule, phase: int, seed_offset: int):
-    train_env = make_env(config, config.seed + seed_offset, schedule[f'train_{phase}'])
-    eval_env = make_env(config, config.seed + 10_000 + seed_offset, schedule[f'eval_{phase}'])
-    return train_env, eval_env
+    train_envs = make_parallel(config, config.seed + seed_offset, schedule[f'train_{phase}'])
+    eval_envs = make_parallel(config, config.seed + 10_000 + seed_offset, schedule[f'eval_{phase}'])
+    return train_envs, eval_envs
 
 
 def save_checkpoint(path: str, agent, counters: dict, replay, config) -> None:
@@ -159,24 +203,21 @@ def load_checkpoint(path: str, agent, replay) -> dict:
     return state['counters']
 
 
-def evaluate(agent, eval_env, config, logger, episodes: int, video_dir: str | None = None):
-    """Runs deterministic evaluation episodes; logs eval_return (each), eval_return_average, eval_success_rate."""
+def evaluate(agent, eval_envs, config, logger, episodes: int, video_dir: str | None = None):
+    """Runs deterministic evaluation episodes; logs eval_return, eval_return_average/_std, eval_success_rate."""
     import replay as replay_lib
-    returns, successes, lengths, recs = [], [], [], []
     agent.eval()
-    for _ in range(episodes):
-        rec = run_episode(eval_env, agent.policy, training=False)
-        returns.append(rec.score)
-        successes.append(float(rec.success))
-        lengths.append(len(rec))
-        recs.append(rec)
+    recs = Collector(eval_envs).episodes(agent.policy, training=False, count=episodes)
+    agent.train()
+    returns = [rec.score for rec in recs]
+    successes = [float(rec.success) for rec in recs]
+    for rec in recs:
         logger.scalar('eval_return', rec.score)
         if video_dir:
             replay_lib.save_episode(video_dir, rec.episode())
-    agent.train()
     logger.scalar('eval_return_average', float(np.mean(returns)))
     logger.scalar('eval_return_std', float(np.std(returns)))
-    logger.scalar('eval_length', float(np.mean(lengths)))
+    logger.scalar('eval_length', float(np.mean([len(rec) for rec in recs])))
     if config.task.startswith('metaworld_'):
         logger.scalar('eval_success_rate', float(np.mean(successes)))
     return returns, successes, recs
@@ -223,8 +264,8 @@ def train(config) -> None:
     resumed = os.path.exists(ckpt_path) or step > 0
 
     phase = 2 if switch_step is not None and step >= switch_step else 1
-    train_env, eval_env = make_envs(config, schedule, phase, seed_offset=len(episodes))
-    action_size = train_env.action_size
+    train_envs, eval_envs = make_envs(config, schedule, phase, seed_offset=len(episodes))
+    action_size = train_envs.action_size
     agent = models.make_agent(config, action_size, step=step)
     counters = {'step': step, 'updates': 0, 'episodes': len(episodes), 'eval_episodes_done': 0}
     if os.path.exists(ckpt_path):
@@ -253,8 +294,8 @@ def train(config) -> None:
         nonlocal phase
         if switch_step is not None and phase == 1 and counters['step'] >= switch_step:
             phase = 2
-            train_env.set_distractor(schedule['train_2'])
-            eval_env.set_distractor(schedule['eval_2'])
+            train_envs.set_distractor(schedule['train_2'])   # every worker, at its next reset
+            eval_envs.set_distractor(schedule['eval_2'])
             print(f"Distractor switch at agent step {counters['step']}: train '{schedule['train_2']}', "
                   f"eval '{schedule['eval_2']}'.")
             logger.scalar('distractor_switch', 1.0)
@@ -274,44 +315,31 @@ def train(config) -> None:
 
     bar = tqdm(total=total_steps, initial=min(step, total_steps), unit='step', dynamic_ncols=True,
                disable=not config.progress, desc='train')
-    # Prefill with random actions (complete episodes, so nothing half-collected is ever lost).
+    collector = Collector(train_envs)
+    act = random_policy(action_size, rng)
     if prefill:
-        print(f'Prefilling {prefill} agent steps with random actions.')
-        act = random_policy(action_size, rng)
-        while counters['step'] < step + prefill:
-            rec = run_episode(train_env, act, training=True)
-            counters['step'] += len(rec)
-            bar.update(len(rec))
-            finish_episode(rec)
-        logger.write(counters['step'] * repeat)
-        last_train = counters['step']
-
-    obs, rec, state = None, None, None
+        print(f'Prefilling {prefill} agent steps with random actions ({config.envs} env(s)).')
     while counters['step'] < total_steps:
-        if obs is None or obs['is_last']:
-            obs = train_env.reset()
-            rec = EpisodeRecorder(action_size)
-            rec.add(obs)
-            state = None
-        batch_obs = {k: np.asarray(v)[None] for k, v in obs.items()}
-        action, state = agent.policy(batch_obs, state, training=True)
-        obs, reward, done, info = train_env.step(action[0])
-        rec.add(obs, action[0], reward, info)
-        counters['step'] += 1
-        bar.update(1)
-        if obs['is_last']:
+        policy = act if counters['step'] < step + prefill else agent.policy
+        for rec in collector.step(policy, training=True):
             finish_episode(rec)
             bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{(counters["step"] - fps_step) * repeat / max(time.time() - fps_time, 1e-6):.0f}')
+        counters['step'] += config.envs
+        bar.update(config.envs)
+        if counters['step'] < step + prefill:
+            last_train = counters['step']
+            continue
 
-        # Training: `pretrain` updates at the first call, then `train_steps` every `train_every` agent steps.
-        if len(replay) >= config.batch_length and counters['step'] - last_train >= config.train_every:
-            n = config.pretrain if not pretrained_updates else config.train_steps
+        # Training: `pretrain` updates at the first call, then `train_steps` per `train_every` agent steps.
+        due = (counters['step'] - last_train) // config.train_every
+        if len(replay) >= config.batch_length and due:
+            n = config.pretrain if not pretrained_updates else due * config.train_steps
             pretrained_updates = True
             for _ in range(n):
                 metrics = agent.update(replay.sample(config.batch_size, config.batch_length), counters['step'])
                 logger.scalars(metrics)
             counters['updates'] = agent.updates
-            last_train = counters['step']
+            last_train += due * config.train_every
         switch_if_due()
 
         env_step = counters['step'] * repeat
@@ -327,7 +355,7 @@ def train(config) -> None:
             logger.write(env_step, echo=not config.progress)
         if env_step >= next_eval or counters['step'] >= total_steps:
             next_eval += config.eval_every
-            returns, successes, _ = evaluate(agent, eval_env, config, logger, config.eval_episodes, eval_dir)
+            returns, successes, _ = evaluate(agent, eval_envs, config, logger, config.eval_episodes, eval_dir)
             log_predictions(agent, replay, logger, config, logdir, env_step)
             row = logger.write(env_step, echo=False)
             msg = f'Eval at env step {env_step}: return {np.mean(returns):.1f} ± {np.std(returns):.1f}'
@@ -338,8 +366,8 @@ def train(config) -> None:
     bar.close()
     logger.write(counters['step'] * repeat, echo=False)
     logger.close()
-    train_env.close()
-    eval_env.close()
+    train_envs.close()
+    eval_envs.close()
     print(f"Done: {counters['step']} agent steps ({counters['step'] * repeat} env steps), {agent.updates} updates.\n"
           f"  metrics:    {os.path.join(logdir, 'metrics.jsonl')} (TensorBoard: tensorboard --logdir {logdir})\n"
           f"  episodes:   {train_dir}, {eval_dir}\n"
@@ -361,11 +389,11 @@ def evaluate_only(config) -> None:
     configure_torch(config)
     if config.eval_distractor not in schedule:
         raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
-    eval_env = make_env(config, config.seed + 20_000, schedule[config.eval_distractor])
-    agent = models.make_agent(config, eval_env.action_size, step=0)
+    eval_envs = make_parallel(config, config.seed + 20_000, schedule[config.eval_distractor])
+    agent = models.make_agent(config, eval_envs.action_size, step=0)
     load_checkpoint(config.checkpoint, agent, None)
     logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard)
-    returns, successes, recs = evaluate(agent, eval_env, config, logger, config.eval_episodes,
+    returns, successes, recs = evaluate(agent, eval_envs, config, logger, config.eval_episodes,
                                         video_dir=os.path.join(logdir, 'eval_only_eps'))
     logger.write(0, echo=False)
     video = os.path.join(logdir, 'eval_videos')
@@ -385,7 +413,7 @@ def evaluate_only(config) -> None:
     result = dict(task=config.task, checkpoint=config.checkpoint, returns=returns, mean=float(np.mean(returns)),
                   std=float(np.std(returns)), success_rate=float(np.mean(successes)))
     tools.atomic_write_bytes(os.path.join(logdir, 'eval_result.json'), json.dumps(result, indent=2).encode())
-    eval_env.close()
+    eval_envs.close()
     logger.close()
 
 

@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='skip the random-init beta-VAE encoder row')
     p.add_argument('--frames_per_episode', type=int, default=125,
                    help='at most this many evenly spaced frames per episode (default 125: every 4th of 501)')
-    p.add_argument('--colour_set', default='all',
-                   help="'all' (both colour sets pooled, default), 'each' (one block per colour set), or one set "
+    p.add_argument('--colour_set', default='each',
+                   help="'each' (one block per colour set, default), 'all' (both sets pooled: the colour set then "
+                        "correlates the channels of all materials, which lowers MIG even for the oracle) or one set "
                         "name (train / test)")
     p.add_argument('--min_coverage', type=float, default=MIN_COVERAGE,
                    help='keep a material if it covers at least this fraction of pixels on average (default 0.005)')
@@ -113,8 +114,9 @@ def load_heldout(folder: str, frames_per_episode: int | None = None) -> dict:
             raise ConfigError(f"'{path}' has other factors than the first episode: mixed tasks in '{folder}'?")
         T = len(ep['image'])
         frames_total += T
-        stride = max(1, math.ceil(T / frames_per_episode)) if frames_per_episode else 1
-        idx = np.arange(0, T, stride)
+        idx = np.arange(T)
+        if frames_per_episode and T > frames_per_episode:
+            idx = np.unique(np.round(np.linspace(0, T - 1, frames_per_episode)).astype(int))
         parts['image'].append(ep['image'][idx])
         parts['color'].append(ep['factor_color'][idx].astype(np.float64))
         parts['state'].append(ep['factor_state'][idx].astype(np.float64))

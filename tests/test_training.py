@@ -105,3 +105,16 @@ def test_user_errors_exit_cleanly(tmp_path):
     blocker.write_text('x')
     proc = run(['--logdir', str(blocker / 'sub'), '--task', 'dmc2gym_reacher_easy'], check=False, timeout=60)
     assert proc.returncode == 2 and 'Cannot write to --logdir' in proc.stderr
+
+
+def test_parallel_envs_switch_colours_in_every_worker(tmp_path):
+    logdir = str(tmp_path / 'run')
+    proc = run(BASE + ['--logdir', logdir, '--steps', '480', '--envs', '2', '--color_distractor', 'True',
+                       '--eval_every', '480'])
+    assert 'Distractor switch at agent step 120' in proc.stdout
+    files = sorted(os.listdir(os.path.join(logdir, 'train_eps')))
+    green = [np.load(os.path.join(logdir, 'train_eps', f))['color'][:, 1::3] for f in files]
+    assert len(files) >= 7
+    assert all((g <= 0.5 + 1e-6).all() for g in green[:2])      # both workers start on the train colours
+    assert all((g >= 0.5 - 1e-6).all() for g in green[-2:])     # and both end on the test colours
+    assert len(os.listdir(os.path.join(logdir, 'eval_eps'))) == 1
