@@ -326,6 +326,7 @@ def train(config) -> None:
             bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{(counters["step"] - fps_step) * repeat / max(time.time() - fps_time, 1e-6):.0f}')
         counters['step'] += config.envs
         bar.update(config.envs)
+        switch_if_due()
         if counters['step'] < step + prefill:
             last_train = counters['step']
             continue
@@ -340,7 +341,6 @@ def train(config) -> None:
                 logger.scalars(metrics)
             counters['updates'] = agent.updates
             last_train += due * config.train_every
-        switch_if_due()
 
         env_step = counters['step'] * repeat
         if env_step >= next_log:

@@ -160,11 +160,11 @@ class SourceData:
             episodes, unreadable = [], 0
             for path in paths:
                 try:
-                    episodes.append(replay_lib.load_episode(path, keys))
+                    episodes.append((path, replay_lib.load_episode(path, keys)))
                 except (OSError, ValueError, zipfile.BadZipFile, EOFError):
                     unreadable += 1
-            with_reward = rewards and all('reward' in ep for ep in episodes)
-            for ep, path in zip(episodes, paths):
+            with_reward = rewards and all('reward' in ep for _, ep in episodes)
+            for path, ep in episodes:
                 self._check(ep, path, task)
                 ep = {key: ep[key] for key in ('image', 'action', 'is_first', 'reward') if key in ep}
                 if not with_reward:
@@ -420,6 +420,9 @@ class Vid2ActDistill(nn.Module):
     def _source_batch(self, batch: int, length: int) -> dict:
         if not self.sources.loaded:
             self.sources.load(self.action_size, rewards=False)
+            print('Vid2Act source datasets: ' + ', '.join(
+                f'{task} ({self.sources.action_sizes[task]} actions, {len(r)} steps)'
+                for task, r in zip(self.tasks, self.sources.replays)) + f'; actions padded to {self.action_size}.')
         sample = self.sources.sample([batch] * self.num_teachers, length)
         return to_device(sample, self.imp.weight.device)
 
@@ -493,7 +496,7 @@ class Vid2ActAgent(models.Agent):
         teacher, meta = load_teacher(config, action_size)
         sources = None
         if config.mode == 'train':
-            sources = SourceData(config, meta['source_tasks'])
+            sources = SourceData(config, meta['source_tasks'], seed_offset=step)   # a resumed run draws anew
             check_source_sizes(sources.action_sizes, meta)
         wm.parts.append(Vid2ActDistill(config, teacher, meta, wm.rssm.feat_size, sources))
         return wm

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='skip the gradient-boosting probe (I_nl)')
     p.add_argument('--no-random-init', dest='random_init', action='store_false',
                    help='skip the random-init beta-VAE encoder row')
-    p.add_argument('--frames_per_episode', type=int, default=125,
-                   help='at most this many evenly spaced frames per episode (default 125: every 4th of 501)')
+    p.add_argument('--frames_per_episode', type=int, default=250,
+                   help='at most this many evenly spaced frames per episode (default 250: about every 2nd of 501; '
+                        '0 = all)')
     p.add_argument('--colour_set', default='each',
                    help="'each' (one block per colour set, default), 'all' (both sets pooled: the colour set then "
                         "correlates the channels of all materials, which lowers MIG even for the oracle) or one set "
@@ -332,7 +333,8 @@ def score_block(block: str, mask, data, rows, args, out_dir, log=print) -> list[
             label = f"{label} (PCA-{z.shape[1]} of {row['dim']}-d)"
         png = os.path.join(out_dir, f'importance_{slug(block)}_{slug(label)}.png')
         plot_importance(res['importance'], fac['names'], res['latent_names'], png,
-                        title=f"{args.task} [{block}] {label}: D {res['D']:.2f} C {res['C']:.2f} I {res['I_lin']:.2f}",
+                        title=f"{args.task} [{block}]\n{label}\nD {res['D']:.2f}  C {res['C']:.2f}  "
+                              f"I_lin {res['I_lin']:.2f}  MIG {res['MIG']:.2f}",
                         r2=res['r2_lin'])
         results.append(dict(block=block, label=label, row=row, res=res, png=png, fac=fac, test_eps=test_eps,
                             n_fit=int(fit.sum()), n_test=int(test.sum())))

@@ -195,7 +195,7 @@ def test_script_end_to_end(heldout, checkpoints, tmp_path):
     out = tmp_path / 'report'
     rc = disentanglement.main(['--task', TASK, '--episodes', str(heldout), '--checkpoints',
                                str(checkpoints / 'pretrain'), str(checkpoints / 'dv2'), '--names', 'teacher', 'dv2',
-                               '--out', str(out), '--bootstrap', '20', '--frames_per_episode', '16'])
+                               '--out', str(out), '--bootstrap', '10', '--frames_per_episode', '16', '--colour_set', 'all'])
     assert rc == 0
     rows = {r['encoder']: r for r in csv.DictReader(open(out / 'disentanglement.csv'))}
     assert list(rows) == ['oracle', 'shuffled', 'teacher', 'dv2 (PCA-20 of 1024-d)', 'random-init beta-VAE']

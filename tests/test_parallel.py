@@ -3,6 +3,7 @@ workers fail loudly and end cleanly. Short reacher episodes, CPU rendering; each
 import gc
 import os
 import signal
+import textwrap
 import time
 import types
 
@@ -165,34 +166,30 @@ def episode_count_policy(obs, state, training=True):
     return action, count + 1
 
 
-def acting_loop(envs, policy, steps):
-    """The batched acting loop of the ParallelEnvs docstring, returning the finished episodes."""
+def docstring_example():
+    """The batched acting loop of the ParallelEnvs docstring (the indented block after its last paragraph)."""
+    doc = ParallelEnvs.__doc__
+    block = doc[doc.index('also run as a test in `tests/test_parallel.py`:') :].split('\n', 1)[1]
+    return textwrap.dedent(block)
+
+
+def run_docstring_example(config, agent, n, steps):
+    """Runs the docstring's loop as written; returns the episodes it finished (`finish_episode` collects them)."""
     from dreamer import EpisodeRecorder
     finished = []
-    finish_episode = finished.append
-
-    obs, state = envs.reset(), None
-    recs = [EpisodeRecorder(envs.action_size) for _ in obs]
-    for rec, first in zip(recs, obs):
-        rec.add(first)
-    for _ in range(steps // envs.num_envs):
-        action, state = policy(stack_obs(obs), state, training=True)
-        obs, rewards, dones, infos = envs.step(action)
-        for i, rec in enumerate(recs):
-            rec.add(obs[i], action[i], rewards[i], infos[i])
-        done = np.flatnonzero(dones)
-        for i, first in zip(done, envs.reset(done)):
-            finish_episode(recs[i])
-            obs[i], recs[i] = first, EpisodeRecorder(envs.action_size)
-            recs[i].add(first)
-    envs.close()
+    namespace = {'ParallelEnvs': ParallelEnvs, 'stack_obs': stack_obs, 'np': np, 'EpisodeRecorder': EpisodeRecorder,
+                 'finish_episode': finished.append, 'config': config, 'agent': agent, 'n': n, 'steps': steps}
+    exec(compile(docstring_example(), 'ParallelEnvs docstring', 'exec'), namespace)
+    assert namespace['envs'].closed
     return finished
 
 
 def test_batched_acting_loop_of_the_docstring_gives_the_sequential_episodes():
     from dreamer import run_episode
+    assert 'envs.step(action)' in docstring_example() and 'envs.close()' in docstring_example()
     config = make_config(time_limit=8)  # 4 agent steps per episode: 2 episodes per env in 9 batched steps
-    finished = acting_loop(ParallelEnvs(TASK, config, SEEDS, 'train'), episode_count_policy, steps=18)
+    config.task, config.seed = TASK, SEEDS[0]  # the example seeds env i with config.seed + i
+    finished = run_docstring_example(config, types.SimpleNamespace(policy=episode_count_policy), n=2, steps=18)
     assert len(finished) == 4
     by_env = [finished[0::2], finished[1::2]]  # envs finish together (same time limit), env 0 first
     for i, seed in enumerate(SEEDS):
@@ -211,8 +208,7 @@ def test_acting_loop_runs_with_the_real_agent():
     import tools
     config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--task', TASK, '--time_limit', '8',
                                 '--device', 'cpu'])
-    envs = ParallelEnvs(TASK, config, [config.seed + i for i in range(2)], 'train')
-    agent = models.make_agent(config, envs.action_size)
-    finished = acting_loop(envs, agent.policy, steps=12)  # restarts both envs once (at batched step 4)
+    agent = models.make_agent(config, 2)  # reacher: 2 actions
+    finished = run_docstring_example(config, agent, n=2, steps=12)  # restarts both envs once (at batched step 4)
     assert len(finished) == 2 and all(len(rec) == 4 for rec in finished)
     assert all(np.abs(rec.episode()['action']).max() <= 1 for rec in finished)

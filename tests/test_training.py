@@ -118,3 +118,10 @@ def test_parallel_envs_switch_colours_in_every_worker(tmp_path):
     assert all((g <= 0.5 + 1e-6).all() for g in green[:2])      # both workers start on the train colours
     assert all((g >= 0.5 - 1e-6).all() for g in green[-2:])     # and both end on the test colours
     assert len(os.listdir(os.path.join(logdir, 'eval_eps'))) == 1
+
+
+def test_switch_happens_during_prefill_too(tmp_path):
+    logdir = str(tmp_path / 'run')
+    proc = run(BASE + ['--logdir', logdir, '--steps', '200', '--prefill', '80', '--color_distractor', 'True',
+                       '--eval_every', '200'])
+    assert 'Distractor switch at agent step 50' in proc.stdout

@@ -102,7 +102,7 @@ def test_distill_loss_matches_hand_computation_with_clamp():
         for b in range(B):
             for t in range(T):
                 err = sum((distilled[k, b, t, d] - feat[b, t, d]) ** 2 for d in range(F)) / F
-                total += max(0.1, float(weights[b, t, k])) * float(err)
+                total += max(0.1, float(weights[b, t, k].detach())) * float(err)
         expected += total / (B * T)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert mse.shape == (K,)
