@@ -77,7 +77,8 @@ def source_dir(config, task: str) -> str:
     if not os.path.isdir(directory) and os.path.isdir(prefixed):
         directory = prefixed
     if not replay_lib.list_episodes(directory, recursive=True):
-        present = sorted(d for d in os.listdir(config.offline_dir) if os.path.isdir(os.path.join(config.offline_dir, d)))
+        root = config.offline_dir
+        present = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
         raise ConfigError(f"No .npz episodes for source task '{task}' under '{directory}' (searched recursively). "
                           f"Folders in --offline_dir: {', '.join(present) or 'none'}; collect them with "
                           f"scripts/collect_vid2act_sources.sh or fix --source_tasks.")
@@ -624,13 +625,12 @@ def load_teacher(config, target_action_size: int):
 # --------------------------------------------------------------------------------------------------------------------
 def target_action_size(config) -> int:
     """The target task's action size (from its environment)."""
-    import dreamer
     import env as envs
     try:
         distractor = envs.distractor_schedule(config.task, config.color_distractor)['train_1']
-    except ValueError as e:
+        environment = envs.make_env(config.task, config, config.seed, distractor)
+    except ValueError as e:  # unknown task: the env's message names the closest valid ones
         raise ConfigError(str(e)) from None
-    environment = dreamer.make_env(config, config.seed, distractor)
     try:
         return int(environment.action_size)
     finally:

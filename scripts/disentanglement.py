@@ -144,9 +144,10 @@ def select_factors(data: dict, mask: np.ndarray, min_coverage: float) -> dict:
     mats = [data['color_names'][j].rsplit('_', 1)[0] for j in col] + ['state'] * len(data['state_names'])
     const = np.ptp(v, 0) == 0
     keep = ~const
-    return dict(v=v[:, keep], names=[n for n, k in zip(names, keep) if k], groups=[g for g, k in zip(groups, keep) if k],
-                materials=[m for m, k in zip(mats, keep) if k], constant=[n for n, c in zip(names, const) if c],
-                visible=visible, coverage={m: float(c) for m, c in zip(materials, coverage)})
+    pick = lambda seq: [x for x, k in zip(seq, keep) if k]  # noqa: E731
+    return dict(v=v[:, keep], names=pick(names), groups=pick(groups), materials=pick(mats),
+                constant=[n for n, c in zip(names, const) if c], visible=visible,
+                coverage={m: float(c) for m, c in zip(materials, coverage)})
 
 
 def stratified_test_episodes(episode, strata: dict, test_frac: float, seed: int) -> list[int]:
@@ -233,6 +234,17 @@ def load_encoder(path: str) -> dict:
     steps = (state.get('counters') or {}).get('step')
     return dict(module=module, kind=kind, source=f'{method} world-model encoder', path=ckpt,
                 note=f'step {steps}' if steps is not None else '')
+
+
+def default_label(enc: dict) -> str:
+    """'<source> (<run or pretraining folder>)'; a numbered snapshot folder (checkpoints/100) reads 'pt@100'."""
+    if not enc['path']:
+        return enc['source']
+    folder = os.path.normpath(os.path.dirname(enc['path']) if enc['path'].endswith('.pt') else enc['path'])
+    name = os.path.basename(folder)
+    if name.isdigit() and os.path.basename(os.path.dirname(folder)) == 'checkpoints':
+        name = f'{os.path.basename(os.path.dirname(os.path.dirname(folder)))}@{name}'
+    return f"{enc['source']} ({name})"
 
 
 def random_init_encoder(z_dim: int = 20, seed: int = 0) -> dict:
@@ -495,9 +507,7 @@ def main(argv=None) -> int:
         for i, enc in enumerate(encoders):
             tic = time.time()
             code, logvar = encode(enc['module'], data['image'], args.batch, args.device)
-            label = labels[i] if i < len(labels) and labels[i] else (
-                enc['source'] if enc['source'].startswith('random') else
-                f"{enc['source']} ({os.path.basename(os.path.normpath(os.path.dirname(enc['path']) if enc['path'].endswith('.pt') else enc['path']))})")
+            label = labels[i] if i < len(labels) and labels[i] else default_label(enc)
             rows.append(dict(label=label, source=enc['source'], path=enc['path'], note=enc['note'], code=code,
                              logvar=logvar, dim=code.shape[1], kind=enc['kind']))
             print(f"Encoded {len(code)} frames with {label}: {code.shape[1]}-d ({time.time() - tic:.1f} s)")

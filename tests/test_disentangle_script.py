@@ -191,11 +191,13 @@ def checkpoints(tmp_path_factory):
     return root
 
 
+@pytest.mark.filterwarnings('ignore::sklearn.exceptions.ConvergenceWarning')  # Lasso on 64 frames
 def test_script_end_to_end(heldout, checkpoints, tmp_path):
     out = tmp_path / 'report'
     rc = disentanglement.main(['--task', TASK, '--episodes', str(heldout), '--checkpoints',
                                str(checkpoints / 'pretrain'), str(checkpoints / 'dv2'), '--names', 'teacher', 'dv2',
-                               '--out', str(out), '--bootstrap', '10', '--frames_per_episode', '16', '--colour_set', 'all'])
+                               '--out', str(out), '--bootstrap', '10', '--frames_per_episode', '16',
+                               '--colour_set', 'all'])
     assert rc == 0
     rows = {r['encoder']: r for r in csv.DictReader(open(out / 'disentanglement.csv'))}
     assert list(rows) == ['oracle', 'shuffled', 'teacher', 'dv2 (PCA-20 of 1024-d)', 'random-init beta-VAE']
@@ -215,6 +217,7 @@ def test_script_end_to_end(heldout, checkpoints, tmp_path):
     assert len(pngs) == 5 and 'importance_all_oracle.png' in pngs
 
 
+@pytest.mark.filterwarnings('ignore::sklearn.exceptions.ConvergenceWarning')
 def test_script_blocks_per_colour_set_and_errors(heldout, tmp_path, capsys):
     out = tmp_path / 'each'
     assert disentanglement.main(['--task', TASK, '--episodes', str(heldout), '--out', str(out), '--colour_set',

@@ -1,0 +1,49 @@
+"""bf16 autocast against fp32: the loss curves of 200 updates on a fixed batch stream stay close.
+
+Stated tolerance: every 20-update window mean of the world-model loss (and of its image term) under bf16 is within
+2 % of fp32's, and the KL term within 0.1 nats + 3 %, from the same initial weights and the same batches.
+"""
+import numpy as np
+import torch
+
+import models
+import tools
+
+SMALL = ['--units', '32', '--dyn_deter', '32', '--dyn_hidden', '32', '--dyn_stoch', '8', '--cnn_depth', '8',
+         '--imag_horizon', '5', '--batch_size', '2', '--batch_length', '8']
+
+
+def curves(precision, batches):
+    torch.manual_seed(0)
+    cfg = tools.make_config(['--configs', 'defaults', 'dmc2gym', '--logdir', '/tmp/x', '--device', 'cpu',
+                             '--precision', precision, *SMALL])
+    agent = models.Agent(cfg, 2)
+    out = {'model_loss': [], 'image_loss': [], 'kl_loss': []}
+    for batch in batches:
+        metrics = agent.update(batch, 0)
+        for key in out:
+            out[key].append(float(metrics[key]))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def test_bf16_loss_curves_follow_fp32():
+    rng = np.random.default_rng(0)
+    # a learnable stream: a bright square at a random place on a random-colour background
+    batches = []
+    for _ in range(200):
+        image = np.broadcast_to(rng.integers(0, 255, (2, 1, 1, 1, 3), dtype=np.uint8), (2, 8, 64, 64, 3)).copy()
+        for b in range(2):
+            x = rng.integers(0, 48)
+            image[b, :, 10:26, x:x + 16] = 255
+        batch = dict(image=image, action=rng.uniform(-1, 1, (2, 8, 2)).astype(np.float32),
+                     reward=rng.normal(size=(2, 8)).astype(np.float32), is_first=np.zeros((2, 8), bool))
+        batch['is_first'][:, 0] = True
+        batches.append(batch)
+    fp32, bf16 = curves('32', batches), curves('bf16', batches)
+    window = lambda x: x.reshape(-1, 20).mean(1)
+    for key in ('model_loss', 'image_loss'):
+        a, b = window(fp32[key]), window(bf16[key])
+        assert np.all(np.abs(a - b) / np.abs(a) < 0.02), (key, a, b)
+    a, b = window(fp32['kl_loss']), window(bf16['kl_loss'])
+    assert np.all(np.abs(a - b) <= 0.1 + 0.03 * np.abs(a)), (a, b)
+    assert window(fp32['image_loss'])[-1] < window(fp32['image_loss'])[0]      # it does learn
