@@ -109,7 +109,7 @@ class Collector:
         self.obs, self.recs, self.state = None, None, None
 
     def step(self, policy, training: bool) -> list:
-        """One step of every env; returns the EpisodeRecorders of the episodes that ended."""
+        """One step of every env; returns (env index, EpisodeRecorder) of the episodes that ended."""
         from env.parallel import stack_obs
         if self.obs is None:
             self.obs = self.envs.reset()
@@ -125,20 +125,25 @@ class Collector:
         done = np.flatnonzero(dones)
         if len(done):
             for i, first in zip(done, self.envs.reset(done)):
-                finished.append(self.recs[i])
+                finished.append((int(i), self.recs[i]))
                 obs[i], self.recs[i] = first, EpisodeRecorder(self.envs.action_size)
                 self.recs[i].add(first)
         self.obs = obs
         return finished
 
     def episodes(self, policy, training: bool, count: int) -> list:
-        """Runs until `count` episodes have ended (from a fresh reset of every env); returns the first `count`."""
+        """`count` episodes from a fresh reset of every env: env i contributes its first, second, ... episodes in
+        turn (round robin), so early-ending episodes are not favoured. Leftover partial episodes are dropped."""
+        n = len(self.envs.seeds)
+        per_env = [[] for _ in range(n)]
+        needed = -(-count // n)
         self.obs = None
-        done = []
-        while len(done) < count:
-            done.extend(self.step(policy, training))
-        self.obs = None  # leftover partial episodes are dropped: the next call starts fresh
-        return done[:count]
+        while min(len(eps) for eps in per_env) < needed:
+            for i, rec in self.step(policy, training):
+                per_env[i].append(rec)
+        self.obs = None
+        ordered = [per_env[i][k] for k in range(needed) for i in range(n)]
+        return ordered[:count]
 
 
 def run_episode(env, policy, training: bool):
@@ -316,12 +321,13 @@ def train(config) -> None:
     bar = tqdm(total=total_steps, initial=min(step, total_steps), unit='step', dynamic_ncols=True,
                disable=not config.progress, desc='train')
     collector = Collector(train_envs)
+    prefetcher = None
     act = random_policy(action_size, rng)
     if prefill:
         print(f'Prefilling {prefill} agent steps with random actions ({config.envs} env(s)).')
     while counters['step'] < total_steps:
         policy = act if counters['step'] < step + prefill else agent.policy
-        for rec in collector.step(policy, training=True):
+        for _, rec in collector.step(policy, training=True):
             finish_episode(rec)
             bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{(counters["step"] - fps_step) * repeat / max(time.time() - fps_time, 1e-6):.0f}')
         counters['step'] += config.envs
@@ -337,8 +343,14 @@ def train(config) -> None:
             n = config.pretrain if not pretrained_updates else due * config.train_steps
             pretrained_updates = True
             for _ in range(n):
-                metrics = agent.update(replay.sample(config.batch_size, config.batch_length), counters['step'])
+                batch = prefetcher.next() if prefetcher else replay.sample(config.batch_size, config.batch_length)
+                metrics = agent.update(batch, counters['step'])
                 logger.scalars(metrics)
+                if prefetcher is None and str(config.device).startswith('cuda'):
+                    # On a GPU the next batch is sampled, pinned and copied in a background thread while the
+                    # update runs. Not on CPUs: there it gains nothing and would make sampling timing-dependent.
+                    prefetcher = replay_lib.Prefetcher(replay, config.batch_size, config.batch_length,
+                                                       agent.to_torch)
             counters['updates'] = agent.updates
             last_train += due * config.train_every
 
@@ -364,6 +376,8 @@ def train(config) -> None:
             bar.write(msg)
             save_checkpoint(ckpt_path, agent, counters, replay, config)
     bar.close()
+    if prefetcher is not None:
+        prefetcher.close()
     logger.write(counters['step'] * repeat, echo=False)
     logger.close()
     train_envs.close()

@@ -360,8 +360,8 @@ class VideoIntrinsicBonus(nn.Module):
         self.register_buffer('projection', torch.randn(feat_size, config.queue_dim, generator=gen) /
                              np.sqrt(config.queue_dim))
         self.register_buffer('queue', torch.zeros(config.queue_size, config.queue_dim))
-        self.register_buffer('count', torch.zeros((), dtype=torch.long))
         self.register_buffer('running_var', torch.ones(()))
+        self.count = 0  # a Python int (saved via extra state), so the update never syncs with the device
         self.k, self.seq_length, self.beta = config.intr_k, config.intr_seq_length, config.intr_beta
 
     def _embed(self, feat: torch.Tensor) -> torch.Tensor:
@@ -380,12 +380,18 @@ class VideoIntrinsicBonus(nn.Module):
         self.queue[idx] = keys
         self.count += len(keys)
 
+    def get_extra_state(self):
+        return {'count': self.count}
+
+    def set_extra_state(self, state):
+        self.count = int(state['count'])
+
     @torch.no_grad()
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         """Bonus for imagined features (H+1, N, F) -> (H+1, N); windows end at each step (left-padded)."""
         padded = torch.cat([feat[:1].expand(self.seq_length - 1, -1, -1), feat], 0)
         keys = self._embed(padded)
-        filled = int(min(int(self.count), self.queue.shape[0]))
+        filled = min(self.count, self.queue.shape[0])
         if filled < self.k:
             return torch.zeros(feat.shape[:2], device=feat.device)
         dist = torch.cdist(keys.reshape(-1, keys.shape[-1]), self.queue[:filled])

@@ -14,6 +14,8 @@ import datetime
 import glob
 import io
 import os
+import queue
+import threading
 import uuid
 import zipfile
 
@@ -104,6 +106,7 @@ class Replay:
         self._added = 0         # total steps ever added
         self.episodes = 0
         self.rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()  # a background prefetcher may sample while episodes are added
 
     def __len__(self):
         return self._size
@@ -126,6 +129,10 @@ class Replay:
                 self._data[key] = grown
 
     def add_episode(self, episode: dict) -> None:
+        with self._lock:
+            self._add_episode(episode)
+
+    def _add_episode(self, episode: dict) -> None:
         episode = {k: np.asarray(v) for k, v in episode.items() if self.keys is None or k in self.keys}
         length = len(episode['image'])
         if 'is_first' not in episode:
@@ -149,6 +156,10 @@ class Replay:
 
     def sample(self, batch: int, length: int) -> dict:
         """A batch of (batch, length) sequences as numpy arrays (one gather per key)."""
+        with self._lock:
+            return self._sample(batch, length)
+
+    def _sample(self, batch: int, length: int) -> dict:
         if self._size < length:
             raise ValueError(f'The replay holds {self._size} steps, fewer than one sequence of {length}.')
         cap = len(next(iter(self._data.values())))
@@ -165,6 +176,45 @@ class Replay:
     def dataset(self, batch: int, length: int):
         while True:
             yield self.sample(batch, length)
+
+
+class Prefetcher:
+    """Prepares the next batch in a background thread while the current update runs.
+
+    `prepare(sample(batch, length))` (e.g. the agent's `to_torch`, which pins memory and copies to the GPU
+    non-blocking) runs on the worker thread; `next()` returns the oldest prepared batch. Sampling order, and so the
+    numbers, are the same as sampling in the main thread (one sampler, one thread, a FIFO).
+    """
+
+    def __init__(self, replay: Replay, batch: int, length: int, prepare=lambda x: x, depth: int = 1):
+        self.replay, self.batch, self.length, self.prepare = replay, batch, length, prepare
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, daemon=True, name='replay-prefetch')
+        self._thread.start()
+
+    def _work(self):
+        while not self._stop.is_set():
+            try:
+                item = self.prepare(self.replay.sample(self.batch, self.length))
+            except Exception as e:  # surfaced in the main thread by next()
+                item = e
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def next(self):
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -68,3 +68,22 @@ def test_replay_gather_matches_a_loop():
             index = (oldest + off + t) % cap
             assert batch['reward'][b, t] == r._data['reward'][index]
             assert np.array_equal(batch['image'][b, t], r._data['image'][index])
+
+
+def test_prefetcher_gives_the_same_batches_as_direct_sampling():
+    def filled(seed):
+        r = replay_lib.Replay(seed=seed)
+        rng = np.random.default_rng(0)
+        for i in range(5):
+            r.add_episode(dict(image=rng.integers(0, 255, (20, 64, 64, 3), dtype=np.uint8),
+                               reward=np.arange(20, dtype=np.float32) + 100 * i))
+        return r
+    direct = filled(3)
+    expected = [direct.sample(4, 6) for _ in range(5)]
+    prefetcher = replay_lib.Prefetcher(filled(3), 4, 6, depth=2)
+    try:
+        for want in expected:
+            got = prefetcher.next()
+            assert all(np.array_equal(got[k], want[k]) for k in want)
+    finally:
+        prefetcher.close()
