@@ -22,6 +22,11 @@ import tools
 from tools import ConfigError
 
 STEP_COUNTERS = ('step', 'updates', 'episodes', 'eval_episodes_done')
+# Keys that shape the agent's networks: an evaluation-only run takes them from the checkpoint it loads.
+MODEL_KEYS = ('method_name', 'beta_vae', 'z_dim', 'dyn_stoch', 'dyn_deter', 'dyn_hidden', 'dyn_cell', 'dyn_min_std',
+              'cnn_depth', 'units', 'reward_layers', 'value_layers', 'actor_layers', 'actor_min_std',
+              'source_action_num', 'action_num_gap', 'pretrain_action_num', 'queue_size', 'queue_dim', 'intr_k',
+              'intr_seq_length', 'release_compat')
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -404,7 +409,24 @@ def evaluate_only(config) -> None:
     if config.eval_distractor not in schedule:
         raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
     eval_envs = make_parallel(config, config.seed + 20_000, schedule[config.eval_distractor])
-    agent = models.make_agent(config, eval_envs.action_size, step=0)
+    state = torch.load(config.checkpoint, map_location='cpu', weights_only=False)
+    model_config = tools.Config(config.to_dict())
+    changed = []
+    for key in MODEL_KEYS:
+        stored = state.get('config', {}).get(key, model_config.get(key))
+        if stored != model_config.get(key):
+            changed.append(f'{key}={stored}')
+            model_config[key] = stored
+    if changed:
+        print(f"Using the checkpoint's own settings for: {', '.join(changed)}.")
+    spec = models.method_spec(model_config)
+    import tempfile
+    with tempfile.TemporaryDirectory() as parts:
+        if spec.needs_checkpoint:  # the pretrained parts are inside the checkpoint: no pretraining folder needed
+            models.write_pretrained_parts(state['agent'], spec, parts)
+            model_config.pretrain_checkpoint_path = parts
+        agent = models.make_agent(model_config, eval_envs.action_size, step=0)
+    del state
     load_checkpoint(config.checkpoint, agent, None)
     logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard)
     returns, successes, recs = evaluate(agent, eval_envs, config, logger, config.eval_episodes,

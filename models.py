@@ -582,6 +582,24 @@ class Agent(nn.Module):
             o.load_state_dict(state[o.name])
 
 
+def write_pretrained_parts(agent_state: dict, spec, directory: str) -> None:
+    """Methods built on the pretrained video model (DisWM, APV, DV2 Finetune) load its files when constructed; their
+    weights are overwritten by the checkpoint right after, so the copies inside the checkpoint are written out
+    instead of requiring the original pretraining folder."""
+    def subset(match) -> dict:
+        return {k.split(match, 1)[1]: v for k, v in agent_state.items() if match in k}
+
+    parts = {}
+    if spec.teacher:
+        parts['encoder'] = subset('.teacher.')
+    for name in spec.load:
+        parts[name] = subset(f'wm.{name}.')
+    if spec.video_stack:
+        parts['rssm'] = subset('wm.video_rssm.')
+    for name, part in parts.items():
+        torch.save(part, os.path.join(directory, f'{name}.pt'))
+
+
 def compile_networks(agent: 'Agent') -> None:
     """torch.compile the networks that run inside an update (encoder, decoder, RSSM steps, heads, actor, critic).
 

@@ -170,26 +170,6 @@ def checkpoint_action_size(agent_state: dict) -> int | None:
     return int(agent_state[last].shape[0]) // 2
 
 
-def _write_pretrained_parts(agent_state: dict, spec, directory: str) -> None:
-    """Methods built on the pretrained video model (DisWM, APV, DV2 Finetune) load its files when constructed; their
-    weights are overwritten by the checkpoint right after, so the copies inside the checkpoint are written out
-    instead of requiring the original pretraining folder."""
-    import torch
-
-    def subset(match) -> dict:
-        return {k.split(match, 1)[1]: v for k, v in agent_state.items() if match in k}
-
-    parts = {}
-    if spec.teacher:
-        parts['encoder'] = subset('.teacher.')
-    for name in spec.load:
-        parts[name] = subset(f'wm.{name}.')
-    if spec.video_stack:
-        parts['rssm'] = subset('wm.video_rssm.')
-    for name, part in parts.items():
-        torch.save(part, os.path.join(directory, f'{name}.pt'))
-
-
 def load_agent_policy(path: str, config, action_size: int, sample_actions: bool):
     """Builds `models.Agent` from a run's config and checkpoint; returns (policy, run config, checkpoint path)."""
     import torch
@@ -214,7 +194,7 @@ def load_agent_policy(path: str, config, action_size: int, sample_actions: bool)
     spec = models.method_spec(agent_config)
     with tempfile.TemporaryDirectory() as parts_dir:
         if spec.needs_checkpoint:
-            _write_pretrained_parts(state['agent'], spec, parts_dir)
+            models.write_pretrained_parts(state['agent'], spec, parts_dir)
             agent_config.pretrain_checkpoint_path = parts_dir
         agent = models.make_agent(agent_config, action_size)
     own = agent.state_dict()

@@ -49,6 +49,14 @@ def test_smoke_run_writes_everything(tmp_path):
     assert any(row.get('distractor_switch') for row in r)
     assert 'Distractor switch at agent step 100' in proc.stdout  # half of 400 env steps / action repeat 2
     assert 'checkpoint:' in proc.stdout and logdir in proc.stdout
+    # an evaluation-only run of that checkpoint (model settings come from the checkpoint itself)
+    out = run(['--configs', 'defaults', 'dmc2gym', 'debug', '--task', 'dmc2gym_reacher_easy', '--mode', 'eval',
+               '--checkpoint', os.path.join(logdir, 'checkpoint.pt'), '--eval_episodes', '2', '--time_limit', '40',
+               '--logdir', str(tmp_path / 'eval'), '--eval_videos', '1', '--threads', '1'])
+    assert 'episodes: return' in out.stdout and '±' in out.stdout
+    assert os.listdir(tmp_path / 'eval' / 'eval_videos') == ['episode_00.gif']
+    result = json.load(open(tmp_path / 'eval' / 'eval_result.json'))
+    assert len(result['returns']) == 2
 
 
 def test_same_seed_same_numbers(tmp_path):
