@@ -26,7 +26,8 @@ STEP_COUNTERS = ('step', 'updates', 'episodes', 'eval_episodes_done')
 MODEL_KEYS = ('method_name', 'beta_vae', 'z_dim', 'dyn_stoch', 'dyn_deter', 'dyn_hidden', 'dyn_cell', 'dyn_min_std',
               'cnn_depth', 'units', 'reward_layers', 'value_layers', 'actor_layers', 'actor_min_std',
               'source_action_num', 'action_num_gap', 'pretrain_action_num', 'queue_size', 'queue_dim', 'intr_k',
-              'intr_seq_length', 'release_compat')
+              'intr_seq_length', 'release_compat', 'source_tasks', 'teacher_checkpoint_path', 'action_pad',
+              'vid2act_vae_hidden', 'vid2act_vae_bottleneck')
 
 
 # --------------------------------------------------------------------------------------------------------------------
