@@ -187,7 +187,7 @@ class Distillation(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 def preprocess_image(image: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 64, 64, 3) -> float in [-0.5, 0.5] (done on the model's device)."""
-    return image.float() / 255.0 - 0.5
+    return image.float().div_(255.0).sub_(0.5)  # in place on the fresh float copy
 
 
 class WorldModel(nn.Module):

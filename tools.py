@@ -312,8 +312,12 @@ def balanced_kl(post: dict, prior: dict, balance: float, free: float, scale: flo
 
 def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int) -> torch.Tensor:
     """-log N(target; mean, 1), summed over the last `event_dims` dims (includes the 0.5 log 2pi constant)."""
-    nll = 0.5 * (target.float() - mean.float()) ** 2 + 0.5 * np.log(2 * np.pi)
-    return nll.sum(dim=tuple(range(-event_dims, 0))) if event_dims else nll
+    diff = target.float() - mean.float()
+    if not event_dims:
+        return 0.5 * diff.square() + 0.5 * np.log(2 * np.pi)
+    dims = tuple(range(-event_dims, 0))
+    count = int(np.prod(diff.shape[-event_dims:]))
+    return 0.5 * diff.square().sum(dim=dims) + 0.5 * np.log(2 * np.pi) * count
 
 
 def standard_normal_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

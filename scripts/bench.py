@@ -240,7 +240,8 @@ def main():
                 row['fraction_of_matmul_peak'] = row['gflops'] / peak
             emit(row)
     if args.envs:
-        from env.parallel import measure_env_throughput
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        from bench_envs import measure_env_throughput
         for task in args.env_tasks.split(','):
             for n in [int(x) for x in args.envs.split(',')]:
                 emit(dict(kind='env', **measure_env_throughput(task, n, args.env_steps, 0)))

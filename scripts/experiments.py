@@ -1,7 +1,8 @@
 """The paper's experiments as data: tasks, methods, source -> target pairs and the published numbers.
 
 `sweep.py` turns these tables into dreamer.py commands, `plot.py` / `report.py` use them to name, order and compare
-results. Adding a method (e.g. vid2act) or a pair is one entry here; nothing else hard-codes the lists.
+results. Adding a method or a pair is one entry here; nothing else hard-codes the lists. A method with a pretraining
+stage of its own (Vid2Act's multi-task teacher) names that stage's experiment in `Method.teacher`.
 Numbers are from /work/shared/docs/DISWM_SPEC.md §4: Fig. 4 values are read off the curves by eye (≈), Tables A
 and B are exact. Pure data and small helpers: no torch, importable in a fraction of a second.
 """
@@ -33,6 +34,8 @@ class Method:
     pretrained: bool = False      # needs --pretrain_checkpoint_path (and --pretrain_action_num of the source)
     union_actions: bool = False   # DV2 Finetune: --source_action_num / --action_num_gap for the union action space
     color: str = 'k'              # line colour in the plots
+    teacher: str | None = None    # key of the experiment that pretrains this method's own teacher (Vid2Act:
+    #                               'vid2act_teacher'); its online runs load that stage's run of the same target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +43,17 @@ class Experiment:
     """A set of runs from one figure or table of the paper."""
     key: str
     title: str
-    pairs: tuple = ()             # (source, target) task keys; empty for pretraining
-    sources: tuple = ()           # pretraining only: the video source tasks
+    pairs: tuple = ()             # (source, target) task keys; empty for pretraining. The source is the video
+    #                               source of the pretrained methods; a method with a teacher uses its teacher's sources
+    sources: tuple = ()           # pretraining: the video source tasks (one run each); a teacher stage: the offline
+    #                               source tasks of every teacher, in label order (--source_tasks)
     methods: tuple = ()           # method keys run for every pair
+    targets: tuple = ()           # a teacher stage: one teacher per target task (its --task: suite, action padding)
+
+    @property
+    def kind(self) -> str:
+        """'pretrain' (DisWM video pretraining), 'teacher' (a method's own pretraining stage) or 'online'."""
+        return 'teacher' if self.targets else 'pretrain' if self.sources else 'online'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +79,7 @@ def _dmc(key: str, actions: int) -> Task:
 TASKS = {t.key: t for t in [
     _dmc('cheetah_run', 6), _dmc('walker_walk', 6), _dmc('hopper_stand', 4), _dmc('reacher_easy', 2),
     _dmc('finger_spin', 2), _dmc('cartpole_swingup', 1), _dmc('humanoid_walk', 21),
+    _dmc('quadruped_walk', 12), _dmc('quadruped_run', 12),
     Task('pusher', 'gymnasium_Pusher-v5', 'gymnasium', 7, 'MuJoCo Pusher', cross_domain=True),
     Task('drawer_open', 'metaworld_drawer-open-v1', 'metaworld', 4, 'Drawer Open', cross_domain=True,
          metric='eval_success_rate', scale=100.0, unit='success %'),
@@ -82,8 +94,19 @@ METHODS = {m.key: m for m in [
            color='tab:blue'),
     Method('apv', 'APV', ('--beta_vae', 'True'), pretrained=True, color='tab:green'),
     Method('dreamerv2', 'DreamerV2', ('--beta_vae', 'False'), color='tab:orange'),
+    # Vid2Act (docs/vid2act.md): a DreamerV2 student distilled from a frozen multi-task teacher pretrained offline by
+    # the `vid2act_teacher` stage; the sweep adds --source_tasks, --offline_dir and --teacher_checkpoint_path.
+    Method('vid2act', 'Vid2Act', teacher='vid2act_teacher', color='tab:purple'),
 ]}
-ONLINE_METHODS = tuple(METHODS)
+# The DisWM paper's methods: what Fig. 4 and Tables A/B run. Vid2Act is not among them: the Fig. 4 targets
+# walker_walk, cheetah_run and hopper_stand are its own source tasks (its teacher would be trained on target data),
+# and Pusher / DrawerWorld have no Vid2Act sources in this project's `env`.
+ONLINE_METHODS = ('diswm', 'dv2_finetune', 'apv', 'dreamerv2')
+
+# Vid2Act's DMC setting (VID2ACT_SPEC §3-4, the release's DMC preset): four source tasks with offline data (actions
+# and rewards, scripts/collect_vid2act_sources.sh) -> Quadruped Walk / Run, an embodiment absent from the sources.
+# The release's Meta-World setting (six sources -> door-lock) is left out: `env` has only the DrawerWorld tasks.
+VID2ACT_DMC_SOURCES = ('cheetah_run', 'hopper_stand', 'walker_walk', 'walker_run')
 
 # Baselines the paper compares against that this project does not run (shown as context in the tables).
 PAPER_ONLY_METHODS = {'ted': 'TED', 'curl': 'CURL', 'dreamerv3': 'DreamerV3', 'tdmpc2': 'TD-MPC2',
@@ -101,6 +124,12 @@ EXPERIMENTS = {e.key: e for e in [
                pairs=(('reacher_easy', 'cheetah_run'), ('walker_walk', 'humanoid_walk')), methods=ONLINE_METHODS),
     Experiment('tableB', 'Table B: DrawerWorld texture variations (success rate %)',
                pairs=(('finger_spin', 'drawer_open'), ('finger_spin', 'drawer_close')), methods=ONLINE_METHODS),
+    Experiment('vid2act_teacher', 'Vid2Act stage 1: multi-task teacher pretraining on the offline DMC sources',
+               sources=VID2ACT_DMC_SOURCES, targets=('quadruped_walk', 'quadruped_run')),
+    # DisWM and APV need one video source: walker_walk (a Vid2Act source, pretrained by `pretrain`).
+    Experiment('vid2act', 'Vid2Act setting: DMC sources -> Quadruped (episode return)',
+               pairs=(('walker_walk', 'quadruped_walk'), ('walker_walk', 'quadruped_run')),
+               methods=('vid2act', 'dreamerv2', 'apv', 'diswm')),
 ]}
 
 
@@ -138,6 +167,16 @@ def method_label(key: str) -> str:
 
 def task_label(key: str) -> str:
     return TASKS[key].label if key in TASKS else key
+
+
+def source_label(key: str) -> str:
+    """A source task's label; offline-only sources (walker_run) are not in TASKS but are named like the DMC ones."""
+    return TASKS[key].label if key in TASKS else key.replace('_', ' ').title()
+
+
+def teacher_owners(stage: str) -> list[str]:
+    """The methods whose own pretraining stage is the experiment `stage` (['vid2act'] for 'vid2act_teacher')."""
+    return [m.key for m in METHODS.values() if m.teacher == stage]
 
 
 def find_task(name: str) -> Task | None:

@@ -44,6 +44,18 @@ class Group:
         return ex.method_label(self.method)
 
     @property
+    def teacher_sources(self) -> list[str]:
+        """A method with a teacher (Vid2Act): the source tasks its runs were given, else its teacher stage's."""
+        method = ex.METHODS.get(self.method)
+        if method is None or not method.teacher:
+            return []
+        for run in self.runs:
+            tasks = rundata.source_tasks(run.config)
+            if tasks:
+                return tasks
+        return list(ex.EXPERIMENTS[method.teacher].sources) if method.teacher in ex.EXPERIMENTS else []
+
+    @property
     def unit(self) -> str:
         if self.metric == 'eval_success_rate':
             return 'success %'
@@ -178,6 +190,8 @@ def _paper_text(paper: ex.PaperResult | None) -> str:
 
 
 def _source_text(group: Group) -> str:
+    if group.teacher_sources:   # Vid2Act: offline data of several tasks, through its teacher
+        return 'teacher: ' + ', '.join(ex.source_label(t) for t in group.teacher_sources)
     return ex.task_label(group.source) if group.source else ('from scratch' if group.method == 'dreamerv2' else '')
 
 
@@ -212,7 +226,7 @@ def csv_rows(summaries: list[Summary], window: int) -> list[dict]:
     for s in summaries:
         g, p = s.group, s.paper
         out.append(dict(task=g.task, task_env=ex.TASKS[g.task].env if g.task in ex.TASKS else g.task,
-                        source=g.source or '', method=g.method, metric=g.metric, n_seeds=s.n,
+                        source=g.source or '+'.join(g.teacher_sources), method=g.method, metric=g.metric, n_seeds=s.n,
                         seeds=' '.join(str(x) for x in s.seeds), mean='' if math.isnan(s.mean) else f'{s.mean:.6g}',
                         std='' if math.isnan(s.std) else f'{s.std:.6g}', window=window,
                         evals_used_min=s.evals_used, last_step_min=s.last_step,
@@ -264,7 +278,8 @@ def plot_curves(groups: list[Group], out: str, dpi: int = 150) -> list[str]:
     for ax, task in zip(axes.flat, tasks):
         panel = [g for g in groups if g.task == task]
         sources = {g.source for g in panel if g.source}
-        named = sources or set(ex.paper_sources(task)[:1])   # runs from scratch only: the paper's pairing
+        scratch_only = all(not g.teacher_sources for g in panel)   # Vid2Act has no single video source
+        named = sources or (set(ex.paper_sources(task)[:1]) if scratch_only else set())   # the paper's pairing
         title = ex.task_label(task)
         if len(named) == 1:
             title = f'{ex.task_label(next(iter(named)))} → {title}'

@@ -86,6 +86,8 @@ def run_name(run: rundata.Run) -> str:
     seed = '' if run.seed is None else f' seed {run.seed}'
     if run.kind == 'pretrain':
         return f'pretraining {ex.task_label(run.task)}{seed}'
+    if run.kind == 'teacher':
+        return f'{ex.method_label(run.method)} teacher for {ex.task_label(run.task)}{seed}'
     return f'{ex.task_label(run.task)} / {ex.method_label(run.method)}{seed}'
 
 
@@ -128,10 +130,10 @@ def inventory_section(runs: list, root: str) -> str:
         _, values = rundata.series(run.rows, metric, scale)
         latest = f'{values[-1]:.1f}' if values else ''
         rows.append([rel(run.path, root), run.kind, ex.task_label(run.task), ex.method_label(run.method),
-                     '' if run.seed is None else run.seed, ex.task_label(run.source) if run.source else '',
+                     '' if run.seed is None else run.seed, source_text(run),
                      '' if run.kind == 'eval' else f'{last:,}' + (f' / {target:,}' if target else ''), state,
                      latest])
-    unit = 'steps are env steps (updates for pretraining)'
+    unit = 'steps are env steps (updates for pretraining and teachers)'
     return (f'<p class="caption">Every run folder found; {unit}. "Latest eval" is the last logged '
             f'evaluation (return, or success % on DrawerWorld).</p>' +
             table(['Run', 'Kind', 'Task', 'Method', 'Seed', 'Source', 'Step / target', 'Progress', 'Latest eval'],
@@ -160,15 +162,25 @@ def traversal_section(runs: list, root: str) -> str:
             '<div class="gallery">' + ''.join(figures) + '</div>')
 
 
+def source_text(run: rundata.Run) -> str:
+    """The video source of a run, or a teacher's source tasks."""
+    if not run.source:
+        return ''
+    return ', '.join(ex.source_label(s) for s in run.source.split(',')) if run.kind == 'teacher' else \
+        ex.task_label(run.source)
+
+
 def pretrain_section(runs: list, root: str) -> str:
-    pre = [r for r in runs if r.kind == 'pretrain']
+    pre = [r for r in runs if r.kind in ('pretrain', 'teacher')]   # DisWM video models, Vid2Act teachers
     if not pre:
         return ''
     rows, figures = [], []
     losses = ('image_loss', 'kl_loss', 'beta_vae_kl_loss')
     for run in pre:
         last = {k: v for row in run.rows for k, v in row.items() if k in losses}   # latest value of each
-        rows.append([rel(run.path, root), ex.task_label(run.task), '' if run.seed is None else run.seed,
+        source = ex.task_label(run.task) if run.kind == 'pretrain' else \
+            f'{source_text(run)} (teacher for {ex.task_label(run.task)})'
+        rows.append([rel(run.path, root), source, '' if run.seed is None else run.seed,
                      f'{run.last_step:,}' + (f' / {run.target_steps:,}' if run.target_steps else '')] +
                     [f'{last[k]:.3g}' if k in last else '' for k in losses])
         path = os.path.join(run.path, 'traverse.png')

@@ -68,11 +68,12 @@ def series(rows: list[dict], metric: str, scale: float = 1.0) -> tuple[list[int]
 class Run:
     """One run folder: what it is and what it logged so far."""
     path: str
-    kind: str                  # 'online' | 'pretrain' | 'eval' (an --mode eval run)
-    task: str                  # TASKS key when known, else the task name as found
-    method: str                # METHODS key ('pretrain' for pretraining runs)
+    kind: str                  # 'online' | 'pretrain' | 'teacher' (Vid2Act teacher pretraining) | 'eval' (--mode eval)
+    task: str                  # TASKS key when known, else the task name as found (a teacher's: its target)
+    method: str                # METHODS key ('pretrain' for pretraining runs; a teacher's: the method owning it)
     seed: int | None
-    source: str | None         # video source task of pretrained methods, when it can be told
+    source: str | None         # video source task of pretrained methods, when it can be told; a teacher's: its
+    #                            source tasks, comma-separated
     config: dict
     rows: list
     bad_lines: int = 0
@@ -89,7 +90,7 @@ class Run:
 
 def target_steps(config: dict, kind: str, steps: int | None = None, pretrain_steps: int | None = None):
     try:
-        if kind == 'pretrain':
+        if kind in ('pretrain', 'teacher'):   # updates, as logged
             total = float(pretrain_steps if pretrain_steps is not None else config['pretrain_steps'])
             return max(1, int(total) // int(config['batch_size']))
         total, repeat = int(float(steps if steps is not None else config['steps'])), int(config['action_repeat'])
@@ -118,6 +119,13 @@ def _source_of(config: dict, run_dir: str) -> str | None:
     return os.path.basename(os.path.normpath(path)) or None
 
 
+def source_tasks(config: dict) -> list[str]:
+    """A Vid2Act run's --source_tasks (a list in config.yaml; a comma-separated string is accepted too)."""
+    value = config.get('source_tasks') or []
+    items = value.split(',') if isinstance(value, str) else value
+    return [str(t).strip() for t in items if str(t).strip()]
+
+
 def describe(run_dir: str) -> Run:
     """What the run in `run_dir` is, from its config.yaml, falling back to the folder layout."""
     config = read_config(run_dir)
@@ -128,19 +136,29 @@ def describe(run_dir: str) -> Run:
     layout_method = parts[-2] if seed_match and len(parts) >= 2 else None
     layout_task = parts[-3] if seed_match and len(parts) >= 3 else None
 
+    stages = {e.key for e in ex.EXPERIMENTS.values() if e.kind == 'teacher'}
     if config.get('beta_vae_pretrain') or (not config and layout_task == 'pretrain'):
         kind = 'pretrain'
+    elif config.get('vid2act_pretrain') or (not config and layout_task in stages):
+        kind = 'teacher'
     elif config.get('mode') == 'eval':
         kind = 'eval'
     else:
         kind = 'online'
-    if kind == 'pretrain' and not config:
-        layout_task = layout_method            # runs/pretrain/<source>/seed_<n>
+    if kind in ('pretrain', 'teacher') and not config:
+        layout_task = layout_method            # runs/pretrain/<source>/seed_<n>, runs/vid2act_teacher/<target>/seed_<n>
     name = config.get('task') or layout_task or os.path.basename(run_dir)
     task = ex.find_task(str(name))
-    method = 'pretrain' if kind == 'pretrain' else str(config.get('method_name') or layout_method or 'unknown')
+    if kind == 'pretrain':
+        method = 'pretrain'
+    elif kind == 'teacher' and not config:
+        method = next(iter(ex.teacher_owners(parts[-3])), 'unknown')
+    else:
+        method = str(config.get('method_name') or layout_method or 'unknown')
     seed = config.get('seed', layout_seed)
     source = _source_of(config, run_dir) if method in ex.METHODS and ex.METHODS[method].pretrained else None
+    if kind == 'teacher':
+        source = ','.join(source_tasks(config)) or None
     return Run(path=run_dir, kind=kind, task=task.key if task else str(name), method=method,
                seed=int(seed) if isinstance(seed, (int, float)) else layout_seed, source=source, config=config,
                rows=rows, bad_lines=bad)

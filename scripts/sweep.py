@@ -5,10 +5,13 @@
     scripts/sweep.py pretrain fig4 --launcher local --jobs 4         # pretraining first, then the finetunes
     SEEDS="0 1 2 3 4" scripts/sweep.py tableB --methods diswm --launcher slurm --partition gpu --time 2880
     scripts/sweep.py fig4 --preset debug --steps 2000 -- --threads 1 # presets appended to --configs; flags after --
+    scripts/sweep.py vid2act_teacher vid2act --jobs 2                # Vid2Act: teachers first, then the online runs
 
-Run folders are `<root>/<task>/<method>/seed_<n>` and `<root>/pretrain/<source>/seed_<n>`; rerunning a sweep resumes
-unfinished runs (dreamer.py resumes on the same --logdir) and skips finished ones. Finetuning runs load the video
-model of `<pretrain-root>/<source>/seed_<pretrain-seed>`. Exit status: 0 if every launched run exited 0.
+Run folders are `<root>/<task>/<method>/seed_<n>`, `<root>/pretrain/<source>/seed_<n>` and (Vid2Act's teachers)
+`<root>/vid2act_teacher/<target>/seed_<n>`; rerunning a sweep resumes unfinished runs (dreamer.py resumes on the same
+--logdir) and skips finished ones. Finetuning runs load the video model of
+`<pretrain-root>/<source>/seed_<pretrain-seed>`, Vid2Act runs the teacher `<teacher-root>/<target>/seed_<pretrain-seed>`.
+Exit status: 0 if every launched run exited 0.
 """
 from __future__ import annotations
 
@@ -39,13 +42,19 @@ class Run:
     """One dreamer.py invocation of a sweep."""
     logdir: str
     cmd: list
-    kind: str                       # 'pretrain' | 'online' | 'eval' (of an online run's checkpoint)
-    needs: str | None = None        # pretraining run folder whose video model this run loads
+    kind: str                       # 'pretrain' | 'teacher' | 'online' | 'eval' (of an online run's checkpoint)
+    needs: str | None = None        # pretraining (or teacher) run folder whose model this run loads
     data: str | None = None         # pretraining dataset folder
+    sources: tuple = ()             # Vid2Act: the offline dataset folder of each source task, <offline_dir>/<task>
+    needs_file: str = 'encoder.pt'  # what `needs` holds once its pretraining has finished
 
     @property
     def text(self) -> str:
         return shlex.join(self.cmd)
+
+
+PRETRAINING = ('pretrain', 'teacher')   # run kinds launched (and finished) before the online runs that load them
+TEACHER_FILE = 'teacher.pt'              # vid2act.TEACHER_FILE (not imported: vid2act.py imports torch)
 
 
 # --------------------------------------------------------------------------------------------------------- commands
@@ -83,16 +92,47 @@ def pretrain_run(args, source: str, seed: int) -> Run:
     return Run(logdir, cmd + tail_flags(args), 'pretrain', data=data)
 
 
+def teacher_run(args, stage: ex.Experiment, target: str, seed: int) -> Run:
+    """A method's own pretraining stage (Vid2Act's multi-task teacher) for one target task."""
+    task, method = ex.TASKS[target], ex.teacher_owners(stage.key)[0]
+    logdir = os.path.join(teacher_root(args, stage.key), target, f'seed_{seed}')
+    cmd = [args.python, args.entry, *common_flags(args, task), '--task', task.env, '--logdir', logdir,
+           '--seed', str(seed), '--method_name', method, '--vid2act_pretrain', 'True',
+           '--source_tasks', ','.join(stage.sources), '--offline_dir', args.offline_dir]
+    if args.pretrain_steps is not None:
+        cmd += ['--pretrain_steps', str(args.pretrain_steps)]
+    return Run(logdir, cmd + tail_flags(args), 'teacher', sources=source_folders(args, stage),
+               needs_file=TEACHER_FILE)
+
+
+def teacher_root(args, stage: str) -> str:
+    return args.teacher_root or os.path.join(args.root, stage)
+
+
+def source_folders(args, stage: ex.Experiment) -> tuple:
+    return tuple(os.path.join(args.offline_dir, s) for s in stage.sources)
+
+
+def loaded_seed(args, seed: int) -> int:
+    """The pretraining / teacher seed an online run of `seed` loads."""
+    return seed if args.pretrain_seed == 'same' else int(args.pretrain_seed)
+
+
 def online_run(args, source: str, target: str, method_key: str, seed: int) -> Run:
     task, src, method = ex.TASKS[target], ex.TASKS[source], ex.METHODS[method_key]
     logdir = os.path.join(args.root, target, method_key, f'seed_{seed}')
     cmd = [args.python, args.entry, *common_flags(args, task), '--task', task.env, '--logdir', logdir,
            '--seed', str(seed), '--method_name', method.key, *method.flags]
-    needs = None
+    needs, sources, needs_file = None, (), 'encoder.pt'
     if method.pretrained:
-        pretrain_seed = seed if args.pretrain_seed == 'same' else int(args.pretrain_seed)
-        needs = os.path.join(args.pretrain_root, source, f'seed_{pretrain_seed}')
+        needs = os.path.join(args.pretrain_root, source, f'seed_{loaded_seed(args, seed)}')
         cmd += ['--pretrain_checkpoint_path', needs, '--pretrain_action_num', str(src.action_size)]
+    if method.teacher:   # Vid2Act: its teacher for this target; the source data is read again online (the CVAE)
+        stage = ex.EXPERIMENTS[method.teacher]
+        needs = os.path.join(teacher_root(args, stage.key), target, f'seed_{loaded_seed(args, seed)}')
+        sources, needs_file = source_folders(args, stage), TEACHER_FILE
+        cmd += ['--source_tasks', ','.join(stage.sources), '--offline_dir', args.offline_dir,
+                '--teacher_checkpoint_path', needs]
     if method.union_actions:
         gap = max(src.action_size, task.action_size) - src.action_size
         cmd += ['--source_action_num', str(src.action_size), '--action_num_gap', str(gap)]
@@ -101,7 +141,7 @@ def online_run(args, source: str, target: str, method_key: str, seed: int) -> Ru
     cmd += ['--color_distractor', 'True']
     if args.steps is not None:
         cmd += ['--steps', str(args.steps)]
-    return Run(logdir, cmd + tail_flags(args), 'online', needs=needs)
+    return Run(logdir, cmd + tail_flags(args), 'online', needs=needs, sources=sources, needs_file=needs_file)
 
 
 def eval_run(run: Run) -> Run:
@@ -115,8 +155,9 @@ def eval_run(run: Run) -> Run:
 
 
 def build_runs(args) -> list[Run]:
-    """Every run of the chosen experiments after the filters: pretraining first, then seed by seed, each run folder
-    once (Fig. 4 and Table A share reacher_easy -> cheetah_run)."""
+    """Every run of the chosen experiments after the filters: pretraining (video models, teachers) first, then seed by
+    seed, each run folder once (Fig. 4 and Table A share reacher_easy -> cheetah_run). A teacher stage follows
+    --methods like the method that owns it, and --tasks by its targets."""
     runs: dict[str, Run] = {}
 
     def add(run: Run):
@@ -128,6 +169,12 @@ def build_runs(args) -> list[Run]:
     for seed in args.seeds:   # seed-major: a local pool finishes a first seed of everything early
         for name in args.experiments:
             exp = ex.EXPERIMENTS[name]
+            if exp.kind == 'teacher':
+                if args.methods is None or set(ex.teacher_owners(exp.key)) & set(args.methods):
+                    for target in exp.targets:
+                        if args.tasks is None or target in args.tasks:
+                            add(teacher_run(args, exp, target, seed))
+                continue
             for source in exp.sources:
                 if args.tasks is None or source in args.tasks:
                     add(pretrain_run(args, source, seed))
@@ -136,12 +183,16 @@ def build_runs(args) -> list[Run]:
                     for method in exp.methods:
                         if args.methods is None or method in args.methods:
                             add(online_run(args, source, target, method, seed))
-    ordered = sorted(runs.values(), key=lambda r: r.kind != 'pretrain')   # stable: table order within a kind
+    ordered = sorted(runs.values(), key=lambda r: r.kind not in PRETRAINING)   # stable: table order within a kind
     if args.eval:
         ordered = [eval_run(r) for r in ordered if r.kind == 'online']
     if not ordered:
+        hint = ''
+        if args.methods:   # e.g. `fig4 --methods vid2act`: say where the methods do run
+            where = {m: [k for k, e in ex.EXPERIMENTS.items() if m in e.methods] for m in args.methods}
+            hint = ' ' + '; '.join(f'{m} runs in: {", ".join(w) or "no experiment"}' for m, w in where.items()) + '.'
         raise SystemExit(f'Error: no runs match --tasks {args.tasks} --methods {args.methods} in '
-                         f'{", ".join(args.experiments)}.')
+                         f'{", ".join(args.experiments)}.{hint}')
     return ordered
 
 
@@ -153,7 +204,7 @@ def progress(args, run: Run) -> tuple[int, int | None]:
     if not config:
         return 0, None
     rows, _ = rundata.read_metrics(os.path.join(run.logdir, 'metrics.jsonl'))
-    if run.kind == 'pretrain':
+    if run.kind in PRETRAINING:   # logged steps are updates
         last = max((int(r['step']) for r in rows), default=0)
         return last, rundata.target_steps(config, 'pretrain', pretrain_steps=args.pretrain_steps)
     last = max((int(r['step']) for r in rows if 'eval_return_average' in r), default=0)
@@ -166,24 +217,53 @@ def is_done(args, run: Run) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------- checks
+def has_episodes(folder: str) -> bool:
+    """Whether `folder` holds an .npz episode (searched recursively, as dreamer.py does)."""
+    return any(name.endswith('.npz') for _, _, names in os.walk(folder) for name in names)
+
+
 def check_inputs(runs: list[Run]) -> list[str]:
-    """Problems that would make runs fail at start: a missing dataset or pretrained video model."""
-    produced = {r.logdir for r in runs if r.kind == 'pretrain'}
-    problems, missing = [], {}
+    """Problems that would make runs fail at start: a missing dataset, pretrained video model or teacher."""
+    produced = {r.logdir for r in runs if r.kind in PRETRAINING}
+    problems, missing, offline = [], {}, {}
     for run in runs:
         if run.data and not os.path.isdir(run.data):
             source = os.path.basename(os.path.dirname(run.data))
             problems.append(f'Pretraining dataset {run.data} not found: python scripts/download_datasets.py '
                             f'--tasks {source} --out {os.path.dirname(os.path.dirname(run.data))} ({DATASETS_URL}), '
                             f'or point --data-root at it.')
+        suite = run.cmd[run.cmd.index('--task') + 1].partition('_')[0]
+        for folder in run.sources:   # dreamer.py also accepts the suite-prefixed folder (dmc2gym_cheetah_run)
+            if folder not in offline:
+                parent, task = os.path.split(folder)
+                found = has_episodes(folder) or has_episodes(os.path.join(parent, f'{suite}_{task}'))
+                offline[folder] = None if found else run.logdir   # the first run that needs a missing one
         if run.kind == 'online' and run.needs and run.needs not in produced and not os.path.exists(
-                os.path.join(run.needs, 'encoder.pt')):
-            missing.setdefault(run.needs, []).append(run.logdir)
-    for needs, users in missing.items():
-        source = os.path.basename(os.path.dirname(needs))
+                os.path.join(run.needs, run.needs_file)):
+            missing.setdefault((run.needs, run.needs_file), []).append(run)
+    by_root = {}
+    for folder, user in offline.items():
+        if user is not None:
+            by_root.setdefault(os.path.dirname(folder), []).append((os.path.basename(folder), user))
+    for root, tasks in by_root.items():
+        names = ' '.join(t for t, _ in tasks)
+        problems.append(f'Vid2Act source datasets without .npz episodes in {root}/: {", ".join(t for t, _ in tasks)} '
+                        f'(needed by e.g. {tasks[0][1]}). Collect them with DATA={root} TASKS="{names}" '
+                        f'scripts/collect_vid2act_sources.sh, or point --offline-dir at them.')
+    for (needs, needs_file), users in missing.items():
+        parent = os.path.dirname(needs)   # <root>/<source or target>
+        method = ex.METHODS[users[0].cmd[users[0].cmd.index('--method_name') + 1]]
+        if method.teacher:
+            problems.append(f'{method.label} teacher {needs}/{needs_file} not found ({len(users)} runs need it, e.g. '
+                            f'{users[0].logdir}). Pretrain it first (scripts/sweep.py {method.teacher} --tasks '
+                            f'{os.path.basename(parent)}), add `{method.teacher}` to this sweep '
+                            f'(scripts/vid2act_sweep.sh does), or point --teacher-root / --pretrain-seed at an '
+                            f'existing one.')
+            continue
         problems.append(f'Pretrained video model {needs}/encoder.pt not found ({len(users)} runs need it, e.g. '
-                        f'{users[0]}). Pretrain first (scripts/pretrain_all.sh --tasks {source}), add `pretrain` '
-                        f'to this sweep, or point --pretrain-root / --pretrain-seed at an existing one.')
+                        f'{users[0].logdir}). Pretrain first (scripts/pretrain_all.sh --tasks '
+                        f'{os.path.basename(parent)}), add `pretrain` to this sweep, or point --pretrain-root / '
+                        f'--pretrain-seed at an existing one.')
     return problems
 
 
@@ -265,7 +345,8 @@ def _duration(seconds: float) -> str:
 
 
 def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
-    """`jobs` runs at a time (pretraining before the runs that need it); returns the number of failed runs."""
+    """`jobs` runs at a time (pretraining and teachers before the runs that need them); returns the number of failed
+    runs."""
     slots: queue.Queue = queue.Queue()
     for i in range(jobs):   # with several GPUs each concurrent slot keeps one of them
         slots.put(gpus[i % len(gpus)] if len(gpus) > 1 else None)
@@ -295,7 +376,7 @@ def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
             slots.put(gpu)
 
     results: dict[str, tuple] = {}
-    phases = [[r for r in runs if r.kind == 'pretrain'], [r for r in runs if r.kind != 'pretrain']]
+    phases = [[r for r in runs if r.kind in PRETRAINING], [r for r in runs if r.kind not in PRETRAINING]]
     done = 0
     print(f'Launching {len(runs)} runs, {jobs} at a time; output in <run>/stdout.log.', flush=True)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
@@ -418,12 +499,13 @@ def parse_args(argv=None):
     what.add_argument('--seeds', nargs='+', default=os.environ.get('SEEDS', '0 1 2'),
                       help='seeds, space- or comma-separated (default: env SEEDS, else "0 1 2")')
     what.add_argument('--methods', nargs='+', help=f'only these methods (of: {", ".join(ex.METHODS)})')
-    what.add_argument('--tasks', nargs='+', help='only these targets (finetuning) / sources (pretraining): '
-                      'task keys such as walker_walk, pusher, drawer_open, or dreamer.py task names')
+    what.add_argument('--tasks', nargs='+', help='only these targets (finetuning, Vid2Act teachers) / sources '
+                      '(pretraining): task keys such as walker_walk, pusher, quadruped_run, or dreamer.py task names')
     what.add_argument('--steps', default=os.environ.get('STEPS') or None,
                       help='env steps of online runs (default: env STEPS, else the preset: 1e6)')
     what.add_argument('--pretrain-steps', default=os.environ.get('PRETRAIN_STEPS') or None,
-                      help='--pretrain_steps of pretraining runs (default: env PRETRAIN_STEPS, else the preset)')
+                      help='--pretrain_steps of pretraining and Vid2Act teacher runs (default: env PRETRAIN_STEPS, '
+                           'else the preset)')
     what.add_argument('--preset', action='append', default=_words(os.environ.get('PRESETS', '')),
                       help='configs.yaml preset appended to --configs, e.g. debug (repeatable; env PRESETS)')
     what.add_argument('--extra', default=os.environ.get('EXTRA', ''),
@@ -433,9 +515,14 @@ def parse_args(argv=None):
     where.add_argument('--root', default='runs', help='runs go to ROOT/<task>/<method>/seed_<n> (default runs)')
     where.add_argument('--pretrain-root', help='pretraining runs: PRETRAIN_ROOT/<source>/seed_<n> '
                        '(default ROOT/pretrain); finetunes load their video model from here')
+    where.add_argument('--teacher-root', help='Vid2Act teacher runs: TEACHER_ROOT/<target>/seed_<n> (default '
+                       'ROOT/vid2act_teacher); Vid2Act runs load their teacher from here')
     where.add_argument('--pretrain-seed', default='0',
-                       help='which pretraining seed the finetunes load: a number, or "same" as the run (default 0)')
+                       help='which pretraining (and Vid2Act teacher) seed the online runs load: a number, or "same" '
+                            'as the run (default 0)')
     where.add_argument('--data-root', default='data', help='pretraining episodes in DATA_ROOT/<source>/train_eps')
+    where.add_argument('--offline-dir', help='Vid2Act\'s offline source datasets, OFFLINE_DIR/<task>/*.npz '
+                       '(default DATA_ROOT/vid2act; scripts/collect_vid2act_sources.sh)')
     where.add_argument('--python', default=sys.executable, help='interpreter for dreamer.py (default: this one)')
     where.add_argument('--entry', default=display_path(os.path.join(ROOT, 'dreamer.py')),
                        help=argparse.SUPPRESS)   # the script launched; tests swap in a stub
@@ -451,7 +538,7 @@ def parse_args(argv=None):
                           'CUDA_VISIBLE_DEVICES each slot keeps one GPU')
     how.add_argument('--rerun-done', action='store_true', help='also launch runs that already finished')
     how.add_argument('--no-checks', action='store_true',
-                     help='launch even when datasets or pretrained video models are missing')
+                     help='launch even when datasets, pretrained video models or teachers are missing')
     slurm = parser.add_argument_group('slurm (--launcher slurm, through submitit)')
     slurm.add_argument('--partition', help='Slurm partition')
     slurm.add_argument('--time', type=int, default=4320, help='time limit per job in minutes (default 3 days); '
@@ -509,6 +596,7 @@ def parse_args(argv=None):
     args.preset = _words(args.preset) or []
     args.extra = shlex.split(args.extra) + extra
     args.pretrain_root = args.pretrain_root or os.path.join(args.root, 'pretrain')
+    args.offline_dir = args.offline_dir or os.path.join(args.data_root, 'vid2act')
     args.use_cuda = args.gpus > 0 if args.launcher == 'slurm' else bool(gpu_ids())
     return args
 

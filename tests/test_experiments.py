@@ -34,7 +34,7 @@ sys.exit(3 if FAIL_IF in logdir else 0)
 
 # ----------------------------------------------------------------------------------------------------------- helpers
 def write_run(root, task, method, seed, evals, metric='eval_return_average', config=True, partial=False,
-              source='cheetah_run', steps=1_000_000):
+              source='cheetah_run', steps=1_000_000, extra_config=''):
     """A run folder as dreamer.py leaves it: config.yaml + metrics.jsonl with one eval row per (step, value)."""
     path = os.path.join(root, task, method, f'seed_{seed}')
     os.makedirs(path, exist_ok=True)
@@ -44,7 +44,7 @@ def write_run(root, task, method, seed, evals, metric='eval_return_average', con
         with open(os.path.join(path, 'config.yaml'), 'w') as f:
             f.write(f'task: {env}\nmethod_name: {method}\nseed: {seed}\nsteps: {steps}\naction_repeat: 2\n'
                     f'color_distractor: true\nmode: train\nbeta_vae_pretrain: false\n'
-                    f'pretrain_checkpoint_path: {ckpt}\n')
+                    f'pretrain_checkpoint_path: {ckpt}\n{extra_config}')
     with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
         for step, value in evals:
             f.write(json.dumps({'step': step, 'train_return': -1.0}) + '\n')   # a training row between evals
@@ -191,9 +191,9 @@ def test_plot_without_any_evaluation(tmp_path):
 # ----------------------------------------------------------------------------------------------------------- sweeps
 def test_fig4_dry_run_layout_seeds_and_flags():
     cmds = dry_run('finetune_fig4.sh', env={'SEEDS': '3 4'})
-    assert len(cmds) == 6 * len(ex.METHODS) * 2
+    assert len(cmds) == 6 * len(ex.ONLINE_METHODS) * 2
     runs = by_logdir(cmds)
-    expected = {f'runs/{t}/{m}/seed_{s}' for _, t in ex.EXPERIMENTS['fig4'].pairs for m in ex.METHODS
+    expected = {f'runs/{t}/{m}/seed_{s}' for _, t in ex.EXPERIMENTS['fig4'].pairs for m in ex.ONLINE_METHODS
                 for s in (3, 4)}
     assert set(runs) == expected
     for logdir, cmd in runs.items():
@@ -230,7 +230,7 @@ def test_dv2_finetune_union_action_space(script, target, source_actions, gap):
 
 def test_tables_a_b_presets_and_cross_domain():
     runs = by_logdir(dry_run('finetune_tableB.sh', '--seeds', '0'))
-    assert len(runs) == 2 * len(ex.METHODS)
+    assert len(runs) == 2 * len(ex.ONLINE_METHODS)
     cmd = runs['runs/drawer_close/diswm/seed_0']
     assert 'metaworld' in cmd and flag(cmd, '--task') == 'metaworld_drawer-close-v1'
     assert flag(cmd, '--cross_domain') == 'True' and flag(cmd, '--color_distractor') == 'True'
@@ -305,6 +305,218 @@ def test_every_sweep_command_resolves_in_dreamer_config():
         if run.kind == 'online':
             assert config.method_name == run.logdir.split(os.sep)[-2]
             assert config.color_distractor and config.batch_size == 4   # debug preset applied
+        if run.kind == 'teacher' or config.method_name == 'vid2act':
+            assert list(config.source_tasks) == list(ex.VID2ACT_DMC_SOURCES)
+            assert config.offline_dir == os.path.join('data', 'vid2act') and config.method_name == 'vid2act'
+            assert bool(config.vid2act_pretrain) == (run.kind == 'teacher')
+            assert config.teacher_checkpoint_path == (None if run.kind == 'teacher' else os.path.join(
+                'runs', 'vid2act_teacher', run.logdir.split(os.sep)[1], 'seed_0'))
+    kinds = [r.kind for r in sweep.build_runs(args)]
+    assert kinds.count('teacher') == 2   # one per Quadruped target
+    assert kinds.count('online') == 6 * 4 + (2 * 4 - 4) + 2 * 4 + 2 * 4   # Table A shares reacher_easy -> cheetah_run
+
+
+# ----------------------------------------------------------------------------------------------------------- vid2act
+VID2ACT_SOURCES = 'cheetah_run,hopper_stand,walker_walk,walker_run'
+
+
+def test_vid2act_sources_and_targets_exist_in_env():
+    from env.dmc import dmc_task_names
+    names = set(dmc_task_names())
+    stage = ex.EXPERIMENTS['vid2act_teacher']
+    assert ','.join(stage.sources) == VID2ACT_SOURCES and set(stage.sources) <= names
+    assert stage.kind == 'teacher' and ex.METHODS['vid2act'].teacher == 'vid2act_teacher'
+    assert ex.teacher_owners('vid2act_teacher') == ['vid2act']
+    for target in stage.targets:
+        assert ex.TASKS[target].env == f'dmc2gym_{target}' and target in names and ex.TASKS[target].action_size == 12
+    # every target of an experiment running a method with a teacher has a teacher
+    for exp in ex.EXPERIMENTS.values():
+        for method in exp.methods:
+            if ex.METHODS[method].teacher:
+                assert {t for _, t in exp.pairs} <= set(ex.EXPERIMENTS[ex.METHODS[method].teacher].targets)
+
+
+def test_vid2act_sweep_dry_run_teachers_then_online_runs():
+    cmds = dry_run('vid2act_sweep.sh', '--preset', 'debug', env={'SEEDS': '0 1'})
+    logdirs = [flag(c, '--logdir') for c in cmds]
+    teachers = [f'runs/vid2act_teacher/{t}/seed_{s}' for s in (0, 1) for t in ('quadruped_walk', 'quadruped_run')]
+    assert logdirs[:4] == teachers                                    # every teacher before any online run
+    assert set(logdirs[4:]) == {f'runs/{t}/{m}/seed_{s}' for t in ('quadruped_walk', 'quadruped_run')
+                                for m in ('vid2act', 'dreamerv2', 'apv', 'diswm') for s in (0, 1)}
+    assert len(logdirs) == len(set(logdirs)) == 4 + 16
+    assert shlex.join(cmds[0][1:]) == (
+        'dreamer.py --configs defaults dmc2gym debug --task dmc2gym_quadruped_walk --logdir '
+        'runs/vid2act_teacher/quadruped_walk/seed_0 --seed 0 --method_name vid2act --vid2act_pretrain True '
+        f'--source_tasks {VID2ACT_SOURCES} --offline_dir data/vid2act --progress False')
+    runs = by_logdir(cmds)
+    assert shlex.join(runs['runs/quadruped_run/vid2act/seed_1'][1:]) == (
+        'dreamer.py --configs defaults dmc2gym debug --task dmc2gym_quadruped_run --logdir '
+        'runs/quadruped_run/vid2act/seed_1 --seed 1 --method_name vid2act '
+        f'--source_tasks {VID2ACT_SOURCES} --offline_dir data/vid2act '
+        '--teacher_checkpoint_path runs/vid2act_teacher/quadruped_run/seed_0 --color_distractor True --progress False')
+    for logdir, cmd in runs.items():
+        presets = cmd[cmd.index('--configs') + 1:cmd.index('--task')]
+        assert presets == ['defaults', 'dmc2gym', 'debug']
+        assert flag(cmd, '--seed') == logdir.rsplit('_', 1)[1]
+        if '/vid2act/' in logdir:   # online Vid2Act: the teacher of its own target, by default seed 0's
+            target = logdir.split('/')[1]
+            assert flag(cmd, '--teacher_checkpoint_path') == f'runs/vid2act_teacher/{target}/seed_0'
+            assert flag(cmd, '--source_tasks') == VID2ACT_SOURCES and flag(cmd, '--offline_dir') == 'data/vid2act'
+            assert flag(cmd, '--color_distractor') == 'True' and '--vid2act_pretrain' not in cmd
+        elif not logdir.startswith('runs/vid2act_teacher/'):
+            assert '--teacher_checkpoint_path' not in cmd and '--source_tasks' not in cmd
+    assert flag(runs['runs/quadruped_walk/dreamerv2/seed_0'], '--beta_vae') == 'False'
+    apv = runs['runs/quadruped_walk/apv/seed_1']
+    assert (flag(apv, '--pretrain_checkpoint_path'), flag(apv, '--pretrain_action_num')) == (
+        'runs/pretrain/walker_walk/seed_0', '6')
+
+
+def test_vid2act_sweep_filters_and_overrides():
+    # --methods without vid2act: no teachers; --tasks filters the teachers by target
+    assert [flag(c, '--logdir') for c in dry_run('vid2act_sweep.sh', '--seeds', '0', '--methods', 'dreamerv2')] == [
+        'runs/quadruped_walk/dreamerv2/seed_0', 'runs/quadruped_run/dreamerv2/seed_0']
+    cmds = dry_run('vid2act_sweep.sh', '--seeds', '2', '--methods', 'vid2act', '--tasks', 'quadruped_run',
+                   '--pretrain-seed', 'same', '--root', 'out', '--teacher-root', 'T', '--data-root', 'D',
+                   '--pretrain-steps', '800', '--steps', '2000')
+    teacher, online = cmds
+    assert flag(teacher, '--logdir') == 'T/quadruped_run/seed_2' and flag(teacher, '--offline_dir') == 'D/vid2act'
+    assert flag(teacher, '--pretrain_steps') == '800' and '--steps' not in teacher
+    assert flag(online, '--logdir') == 'out/quadruped_run/vid2act/seed_2' and flag(online, '--steps') == '2000'
+    assert flag(online, '--teacher_checkpoint_path') == 'T/quadruped_run/seed_2'
+    assert flag(online, '--offline_dir') == 'D/vid2act' and '--pretrain_steps' not in online
+    offline = dry_run('vid2act_sweep.sh', '--seeds', '0', '--methods', 'vid2act', '--offline-dir', 'E')
+    assert {flag(c, '--offline_dir') for c in offline} == {'E'}
+    evals = by_logdir(dry_run('vid2act_sweep.sh', '--seeds', '0', '--methods', 'vid2act', '--eval'))
+    assert set(evals) == {'runs/quadruped_walk/vid2act/seed_0/eval', 'runs/quadruped_run/vid2act/seed_0/eval'}
+    assert flag(evals['runs/quadruped_run/vid2act/seed_0/eval'], '--teacher_checkpoint_path') == \
+        'runs/vid2act_teacher/quadruped_run/seed_0'
+
+
+def test_vid2act_is_not_added_to_the_diswm_experiments():
+    for script in ('finetune_fig4.sh', 'finetune_tableA.sh', 'finetune_tableB.sh'):
+        assert not any(flag(c, '--method_name') == 'vid2act' for c in dry_run(script, '--seeds', '0'))
+    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, 'sweep.py'), 'fig4', '--methods', 'vid2act',
+                             '--dry-run'], capture_output=True, text=True)
+    assert result.returncode == 1 and 'vid2act runs in: vid2act' in result.stderr, result.stderr
+
+
+ORDER_STUB = """import os, sys, time
+args = sys.argv[1:]
+logdir = args[args.index('--logdir') + 1]
+if '--vid2act_pretrain' in args:
+    time.sleep(0.3)   # a slow teacher: an online run started too early would be logged first
+with open('order.txt', 'a') as f:
+    f.write(logdir + '\\n')
+print('STUB', ' '.join(args))
+sys.exit(3 if 'vid2act_teacher/quadruped_run' in logdir else 0)
+"""
+
+
+def fake_offline_data(root, tasks=ex.VID2ACT_DMC_SOURCES):
+    for task in tasks:
+        os.makedirs(os.path.join(root, task, 'train_eps'), exist_ok=True)
+        open(os.path.join(root, task, 'train_eps', 'ep_0.npz'), 'wb').close()
+
+
+def test_local_launcher_runs_teachers_before_their_online_runs(tmp_path):
+    entry = tmp_path / 'order_stub.py'
+    entry.write_text(ORDER_STUB)
+    fake_offline_data(str(tmp_path / 'data' / 'vid2act'))
+    cmd = [sys.executable, os.path.join(SCRIPTS, 'sweep.py'), 'vid2act_teacher', 'vid2act', '--methods', 'vid2act',
+           'dreamerv2', '--seeds', '0', '--root', 'r', '--jobs', '2', '--entry', str(entry)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr   # the quadruped_run teacher fails (exit 3)
+    order = (tmp_path / 'order.txt').read_text().split()
+    assert sorted(order[:2]) == ['r/vid2act_teacher/quadruped_run/seed_0', 'r/vid2act_teacher/quadruped_walk/seed_0']
+    assert set(order[2:]) == {'r/quadruped_walk/vid2act/seed_0', 'r/quadruped_walk/dreamerv2/seed_0',
+                              'r/quadruped_run/dreamerv2/seed_0'}
+    out = result.stdout
+    assert 'FAILED (exit 3) r/vid2act_teacher/quadruped_run/seed_0' in out
+    assert 'SKIPPED r/quadruped_run/vid2act/seed_0: its pretraining r/vid2act_teacher/quadruped_run/seed_0 did not ' \
+           'finish' in out
+    assert 'Summary: 4 of 6 runs exited 0.' in out
+    log = (tmp_path / 'r' / 'quadruped_walk' / 'vid2act' / 'seed_0' / 'stdout.log').read_text()
+    assert '--teacher_checkpoint_path r/vid2act_teacher/quadruped_walk/seed_0' in log
+    # a finished teacher (updates = pretrain_steps // batch_size) is skipped and --status says so
+    teacher = tmp_path / 'r' / 'vid2act_teacher' / 'quadruped_walk' / 'seed_0'
+    (teacher / 'config.yaml').write_text('task: dmc2gym_quadruped_walk\nmethod_name: vid2act\nvid2act_pretrain: true\n'
+                                         'pretrain_steps: 400\nbatch_size: 4\nseed: 0\n'
+                                         f'source_tasks: [{VID2ACT_SOURCES}]\n')
+    (teacher / 'metrics.jsonl').write_text('{"step": 100, "image_loss": 1.0}\n')
+    status = subprocess.run(cmd[:4] + ['--tasks', 'quadruped_walk'] + cmd[4:] + ['--status'], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert 'done' in [line.split()[0] for line in status.stdout.splitlines() if 'vid2act_teacher' in line]
+    run = rundata.describe(str(teacher))
+    assert (run.kind, run.task, run.method, run.source) == ('teacher', 'quadruped_walk', 'vid2act', VID2ACT_SOURCES)
+    assert run.target_steps == 100
+
+
+def test_vid2act_missing_inputs_stop_the_launch(tmp_path):
+    fake_offline_data(str(tmp_path / 'data' / 'vid2act'), ['cheetah_run', 'walker_walk'])
+    base = [sys.executable, os.path.join(SCRIPTS, 'sweep.py'), '--methods', 'vid2act', '--seeds', '0', '--tasks',
+            'quadruped_walk', '--entry', stub(tmp_path)]
+    result = subprocess.run(base[:2] + ['vid2act_teacher', 'vid2act'] + base[2:], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 2
+    assert 'Vid2Act source datasets without .npz episodes in data/vid2act/: hopper_stand, walker_run' in result.stderr
+    assert 'scripts/collect_vid2act_sources.sh' in result.stderr and 'teacher.pt' not in result.stderr
+    fake_offline_data(str(tmp_path / 'data' / 'vid2act'))
+    result = subprocess.run(base[:2] + ['vid2act'] + base[2:], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert 'Vid2Act teacher runs/vid2act_teacher/quadruped_walk/seed_0/teacher.pt not found' in result.stderr
+    assert 'scripts/sweep.py vid2act_teacher --tasks quadruped_walk' in result.stderr
+    assert 'source datasets' not in result.stderr
+
+
+@pytest.fixture(scope='module')
+def vid2act_runs(tmp_path_factory):
+    """Quadruped Walk: Vid2Act seeds at 700/800 (750 ± 50), DreamerV2 at 300, and a Vid2Act teacher run."""
+    root = str(tmp_path_factory.mktemp('vid2act_runs'))
+    extra = f'source_tasks: [{VID2ACT_SOURCES}]\nteacher_checkpoint_path: runs/vid2act_teacher/quadruped_walk/seed_0\n'
+    for seed, final in enumerate((700.0, 800.0)):
+        write_run(root, 'quadruped_walk', 'vid2act', seed, evals(final), extra_config=extra)
+    write_run(root, 'quadruped_walk', 'dreamerv2', 0, evals(300.0))
+    teacher = os.path.join(root, 'vid2act_teacher', 'quadruped_walk', 'seed_0')
+    os.makedirs(teacher)
+    with open(os.path.join(teacher, 'config.yaml'), 'w') as f:
+        f.write('task: dmc2gym_quadruped_walk\nmethod_name: vid2act\nvid2act_pretrain: true\nseed: 0\n'
+                f'pretrain_steps: 400\nbatch_size: 4\nsource_tasks: [{VID2ACT_SOURCES}]\n')
+    with open(os.path.join(teacher, 'metrics.jsonl'), 'w') as f:
+        f.write(json.dumps({'step': 50, 'image_loss': 2.5, 'kl_loss': 1.0}) + '\n')
+    return root
+
+
+def test_plots_label_vid2act(vid2act_runs, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    legends = []
+    original = Figure.legend
+
+    def legend(self, *args, **kwargs):
+        legends.extend((h.get_label(), h.get_color()) for h in kwargs.get('handles', []))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, 'legend', legend)
+    out = str(tmp_path / 'plots')
+    assert plot.main([vid2act_runs, '--out', out, '--window', '3']) == 0
+    assert ('Vid2Act', 'tab:purple') in legends and ('DreamerV2', 'tab:orange') in legends
+    groups = plot.load_groups(vid2act_runs)
+    assert [(g.task, g.method, len(g.runs)) for g in groups] == [('quadruped_walk', 'dreamerv2', 1),
+                                                                  ('quadruped_walk', 'vid2act', 2)]   # no teacher
+    md = open(os.path.join(out, 'final_results.md')).read()
+    assert ('| Quadruped Walk | teacher: Cheetah Run, Hopper Stand, Walker Walk, Walker Run | Vid2Act | 750.0 ± 50.0 '
+            '| 2 | 3 | 120k |') in md
+    with open(os.path.join(out, 'final_results.csv')) as f:
+        rows = {r['method']: r for r in csv.DictReader(f)}
+    assert rows['vid2act']['source'] == 'cheetah_run+hopper_stand+walker_walk+walker_run'
+    assert float(rows['vid2act']['mean']) == pytest.approx(750.0) and rows['vid2act']['paper_mean'] == ''
+    assert os.path.getsize(os.path.join(out, 'curves.png')) > 0
+    page_path = tmp_path / 'report.html'
+    assert report.main([vid2act_runs, '--out', str(page_path), '--plots', out, '--experiment', 'vid2act',
+                        '--window', '3']) == 0
+    page = page_path.read_text()
+    assert '750.0 ± 50.0' in page and '<td>Vid2Act</td>' in page
+    assert 'Cheetah Run, Hopper Stand, Walker Walk, Walker Run (teacher for Quadruped Walk)' in page
+    assert '<td>teacher</td>' in page and '50 / 100' in page   # the teacher's updates / target in the inventory
 
 
 # ----------------------------------------------------------------------------------------------------------- launchers

@@ -139,3 +139,12 @@ def test_trunc_normal_stays_in_bounds_with_gradient():
     assert sample.abs().max() < 1
     sample.sum().backward()
     assert torch.allclose(mean.grad, torch.ones_like(mean))   # straight-through clip
+
+
+def test_gaussian_nll_matches_torch_normal():
+    torch.manual_seed(0)
+    mean, target = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    expected = -torch.distributions.Normal(mean, 1.0).log_prob(target).sum(dim=(-2, -1))
+    assert torch.allclose(tools.gaussian_nll(mean, target, 2), expected, atol=1e-4)
+    assert torch.allclose(tools.gaussian_nll(mean, target, 0), -torch.distributions.Normal(mean, 1.0).log_prob(target),
+                          atol=1e-5)
