@@ -252,7 +252,6 @@ def log_predictions(agent, replay, logger, config, logdir: str, step: int) -> No
 
 
 def train(config) -> None:
-    import env as envs
     import models
     import replay as replay_lib
     from tqdm import tqdm
@@ -398,9 +397,7 @@ def train(config) -> None:
 # Evaluation-only runs
 # --------------------------------------------------------------------------------------------------------------------
 def evaluate_only(config) -> None:
-    import env as envs
     import models
-    import replay as replay_lib
 
     if not config.checkpoint or not os.path.exists(config.checkpoint):
         raise ConfigError(f"--mode eval needs --checkpoint PATH to a run's checkpoint.pt (got {config.checkpoint!r}).")
@@ -462,7 +459,6 @@ def pretrain_video(config) -> None:
     import imageio.v2 as imageio
     import models
     import replay as replay_lib
-    from tqdm import tqdm
 
     logdir = prepare_logdir(config)
     configure_torch(config)
@@ -513,29 +509,16 @@ def pretrain_video(config) -> None:
         tools.atomic_torch_save(dict(model=wm.state_dict(), optimizer=opt.state_dict(), rng=tools.rng_state(),
                                      replay_rng=replay.rng.bit_generator.state, updates=updates), state_path)
 
-    log_every = max(1, min(100, config.pretrain_save_every))
-    bar = tqdm(range(start, total), initial=start, total=total, unit='upd', disable=not config.progress,
-               desc='pretrain', dynamic_ncols=True)
-    tic, tic_update = time.time(), start
-    for update in bar:
+    def update_fn(update: int) -> dict:
         batch = replay.sample(config.batch_size, config.batch_length)
         data = {'image': torch.as_tensor(batch['image']).to(config.device, non_blocking=True),
                 'is_first': torch.as_tensor(batch['is_first']).to(config.device).float()}
         loss, _, metrics = wm.loss(data, update)
         metrics['model_grad_norm'] = opt.step(loss)
-        logger.scalars({k: v for k, v in metrics.items() if not k.startswith('beta_vae_kl_dim') or
-                        (update + 1) % log_every == 0})
-        if (update + 1) % log_every == 0 or update + 1 == total:
-            now = time.time()
-            logger.scalar('updates_per_second', (update + 1 - tic_update) / max(now - tic, 1e-6))
-            tic, tic_update = now, update + 1
-            row = logger.write(update + 1, echo=not config.progress)
-            bar.set_postfix(image=f"{row['image_loss']:.1f}", kl=f"{row['kl_loss']:.2f}",
-                            bvae=f"{row.get('beta_vae_kl_loss', 0):.2f}", ups=f"{row['updates_per_second']:.2f}")
-        if (update + 1) % config.pretrain_save_every == 0 or update + 1 == total:
-            save(update + 1)
-            logger.write(update + 1, echo=False)
-    bar.close()
+        return metrics
+
+    tools.offline_updates(config, logger, start, total, update_fn, save, 'pretrain',
+                          dict(image='image_loss', kl='kl_loss', bvae='beta_vae_kl_loss', ups='updates_per_second'))
     logger.close()
     print(f"Done: {total} updates. Video model (encoder.pt, decoder.pt, rssm.pt, meta.json, traverse.png) in {logdir} "
           f"and {os.path.join(logdir, 'checkpoints', str(total))}.\n  To finetune: copy them into ./checkpoints "

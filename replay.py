@@ -277,7 +277,7 @@ def load_video_dataset(path: str, scale: float = 1.0, seed: int = 0, min_length:
     for file in sizes:
         try:
             image = load_episode(file, keys=('image',)).get('image')
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
             unreadable.append(file)
             continue
         if image is None:

@@ -4,7 +4,6 @@ Episode storage and replay sampling live in `replay.py` (split out of this file 
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import difflib
 import io
@@ -17,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import distributions as td
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -537,3 +535,30 @@ def compiled(fn, name: str):
             return fn(*args, **kwargs)
     call.compiled = compiled_fn
     return call
+
+
+def offline_updates(config, logger, start: int, total: int, update_fn, save_fn, desc: str, postfix: dict) -> None:
+    """The loop shared by the offline pretraining stages (DisWM video model, Vid2Act teacher).
+
+    `update_fn(update)` does one update and returns its metrics (tensors); every `log_every` updates (at most 100,
+    at most `pretrain_save_every`) the averaged metrics and updates/s are written and shown on the progress bar
+    (`postfix`: bar label -> metric name); `save_fn(updates)` runs every `pretrain_save_every` updates and at the end.
+    """
+    from tqdm import tqdm
+    log_every = max(1, min(100, config.pretrain_save_every))
+    bar = tqdm(range(start, total), initial=start, total=total, unit='upd', disable=not config.progress, desc=desc,
+               dynamic_ncols=True)
+    tic, tic_update = time.time(), start
+    for update in bar:
+        logger.scalars(update_fn(update))
+        done = update + 1
+        if done % log_every == 0 or done == total:
+            now = time.time()
+            logger.scalar('updates_per_second', (done - tic_update) / max(now - tic, 1e-6))
+            tic, tic_update = now, done
+            row = logger.write(done, echo=not config.progress)
+            bar.set_postfix({label: f'{row.get(name, float("nan")):.4g}' for label, name in postfix.items()})
+        if done % config.pretrain_save_every == 0 or done == total:
+            save_fn(done)
+            logger.write(done, echo=False)
+    bar.close()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import zipfile
 
 import numpy as np
@@ -650,7 +649,6 @@ def pretrain_teacher(config) -> None:
     teacher.pt + teacher_meta.json every `pretrain_save_every` updates and at the end; rerunning resumes.
     """
     import dreamer
-    from tqdm import tqdm
 
     tasks = source_tasks(config)
     sources = SourceData(config, tasks)                       # validates the folders before anything is written
@@ -696,32 +694,21 @@ def pretrain_teacher(config) -> None:
                                      replay_rngs=sources.rng_states(), updates=updates,
                                      meta=dict(meta, updates=updates)), state_path)
 
-    log_every = max(1, min(100, config.pretrain_save_every))
-    bar = tqdm(range(start, total), initial=start, total=total, unit='upd', disable=not config.progress,
-               desc='pretrain teacher', dynamic_ncols=True)
-    tic, tic_update = time.time(), start
     teacher.train()
-    for update in bar:
+
+    def update_fn(update: int) -> dict:
         batch = to_device(sources.sample(task_shares(config.batch_size, len(tasks), update), config.batch_length),
                           config.device)
         with _autocast(config):
             loss, metrics, image_nll = teacher.loss(batch, config)
         metrics['model_grad_norm'] = opt.step(loss)
-        logger.scalars(metrics)
         for k, task in enumerate(tasks):
-            rows = batch['label'] == k
-            if bool(rows.any()):
-                logger.scalar(f'teacher_image_loss/{task}', image_nll[rows].mean())
-        if (update + 1) % log_every == 0 or update + 1 == total:
-            now = time.time()
-            logger.scalar('updates_per_second', (update + 1 - tic_update) / max(now - tic, 1e-6))
-            tic, tic_update = now, update + 1
-            row = logger.write(update + 1, echo=not config.progress)
-            bar.set_postfix(image=f"{row['image_loss']:.1f}", reward=f"{row['reward_loss']:.2f}",
-                            kl=f"{row['kl_loss']:.2f}", ups=f"{row['updates_per_second']:.2f}")
-        if (update + 1) % config.pretrain_save_every == 0 or update + 1 == total:
-            save(update + 1)
-    bar.close()
+            rows = (batch['label'] == k).float()   # a masked mean: no host sync for the per-task losses
+            metrics[f'teacher_image_loss/{task}'] = (image_nll * rows).sum() / rows.sum().clamp_min(1.0)
+        return metrics
+
+    tools.offline_updates(config, logger, start, total, update_fn, save, 'pretrain teacher',
+                          dict(image='image_loss', reward='reward_loss', kl='kl_loss', ups='updates_per_second'))
     if start >= total and not os.path.exists(os.path.join(logdir, TEACHER_FILE)):
         save(start)
     logger.close()
