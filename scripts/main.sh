@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job of the README: the whole DisWM pipeline at toy scale (about 10 minutes on a 2-core CPU).
+# The main job of the README: the whole DisWM pipeline at toy scale (about 6 minutes on a 2-core CPU).
 #   1. collect colour-distracted reacher_easy videos with a random policy   (stage-1 data; no actions needed)
 #   2. pretrain the action-free beta-VAE video model on them                (stage 1)
 #   3. finetune DisWM on cheetah_run with latent distillation from it       (stages 2-3), colour switch at half
