@@ -152,17 +152,22 @@ class Collector:
         return ordered[:count]
 
 
-def run_episode(env, policy, training: bool):
-    """Runs one episode; returns its EpisodeRecorder."""
+def run_episode(env, policy, training: bool, on_frame=None):
+    """Runs one episode of a single env; returns its EpisodeRecorder. `on_frame()` (optional) runs right after every
+    observation, e.g. to read the env's ground-truth factors of the frame just rendered."""
     obs = env.reset()
     rec = EpisodeRecorder(env.action_size)
     rec.add(obs)
+    if on_frame:
+        on_frame()
     state = None
     while not obs['is_last']:
         batch_obs = {k: np.asarray(v)[None] for k, v in obs.items()}
         action, state = policy(batch_obs, state, training)
         obs, reward, done, info = env.step(action[0])
         rec.add(obs, action[0], reward, info)
+        if on_frame:
+            on_frame()
     return rec
 
 

@@ -306,17 +306,8 @@ def run_factor_episode(environment, act, training: bool = False):
     import dreamer
 
     base = environment.unwrapped
-    obs = environment.reset()
-    rec = dreamer.EpisodeRecorder(environment.action_size)
-    rec.add(obs)
-    factors = [base.factors(full=True)]
-    state = None
-    while not obs['is_last']:
-        batch_obs = {k: np.asarray(v)[None] for k, v in obs.items()}
-        action, state = act(batch_obs, state, training)
-        obs, reward, done, info = environment.step(action[0])
-        rec.add(obs, action[0], reward, info)
-        factors.append(base.factors(full=True))
+    factors = []
+    rec = dreamer.run_episode(environment, act, training, on_frame=lambda: factors.append(base.factors(full=True)))
     return rec, factors
 
 
