@@ -21,7 +21,6 @@ import torch
 import tools
 from tools import ConfigError
 
-STEP_COUNTERS = ('step', 'updates', 'episodes', 'eval_episodes_done')
 # Keys that shape the agent's networks: an evaluation-only run takes them from the checkpoint it loads.
 MODEL_KEYS = ('method_name', 'beta_vae', 'z_dim', 'dyn_stoch', 'dyn_deter', 'dyn_hidden', 'dyn_cell', 'dyn_min_std',
               'cnn_depth', 'units', 'reward_layers', 'value_layers', 'actor_layers', 'actor_min_std',
@@ -272,23 +271,22 @@ def train(config) -> None:
     switch_step = total_steps // 2 if config.color_distractor or config.task.startswith('metaworld_') else None
 
     replay = replay_lib.Replay(config.dataset_size or None, seed=config.seed)
-    episodes, skipped = replay_lib.load_episodes(train_dir, limit_steps=config.dataset_size or None)
+    episodes, _ = replay_lib.load_episodes(train_dir, limit_steps=config.dataset_size or None)
     for ep in episodes:
         replay.add_episode(ep)
     step = replay_lib.count_steps(train_dir)      # completed episodes on disk are the ground truth
-    resumed = os.path.exists(ckpt_path) or step > 0
 
     phase = 2 if switch_step is not None and step >= switch_step else 1
     train_envs, eval_envs = make_envs(config, schedule, phase, seed_offset=len(episodes))
     action_size = train_envs.action_size
     agent = models.make_agent(config, action_size, step=step)
-    counters = {'step': step, 'updates': 0, 'episodes': len(episodes), 'eval_episodes_done': 0}
+    counters = {'step': step, 'updates': 0, 'episodes': len(episodes)}
     if os.path.exists(ckpt_path):
         saved = load_checkpoint(ckpt_path, agent, replay)
-        counters.update({k: saved.get(k, 0) for k in ('updates', 'eval_episodes_done')})
+        counters['updates'] = saved.get('updates', 0)
         print(f'Resuming from {ckpt_path}: agent step {step} ({step * repeat} env steps), '
               f'{len(episodes)} episodes on disk, {agent.updates} updates done.')
-    elif resumed:
+    elif step > 0:
         print(f'Found {len(episodes)} episodes ({step} agent steps) in {train_dir} but no checkpoint: '
               f'continuing with fresh weights.')
     print(f"Method {agent.spec.name} on {config.task} ({action_size} actions, device {config.device}); "
