@@ -456,7 +456,11 @@ class Logger:
                 print(f'TensorBoard disabled ({e}).', file=sys.stderr)
         self._wandb = None
         if use_wandb:
-            import wandb  # only imported when asked
+            try:
+                import wandb  # only imported when asked
+            except ImportError:
+                raise ConfigError('--wandb True needs the wandb package: pip install wandb '
+                                  '(WANDB_MODE=offline works without network).') from None
             self._wandb = wandb.init(project='diswm', dir=logdir, config=config.to_dict() if config else None,
                                      name=os.path.basename(os.path.normpath(logdir)), resume='allow')
         self._last_time = time.time()

@@ -133,3 +133,11 @@ def test_switch_happens_during_prefill_too(tmp_path):
     proc = run(BASE + ['--logdir', logdir, '--steps', '200', '--prefill', '80', '--color_distractor', 'True',
                        '--eval_every', '200'])
     assert 'Distractor switch at agent step 50' in proc.stdout
+
+
+def test_wandb_without_package_is_a_clear_error(tmp_path):
+    import importlib.util
+    if importlib.util.find_spec('wandb') is not None:
+        pytest.skip('wandb is installed here')
+    proc = run(BASE + ['--logdir', str(tmp_path / 'w'), '--wandb', 'True', '--steps', '100'], check=False, timeout=120)
+    assert proc.returncode == 2 and 'pip install wandb' in proc.stderr and 'Traceback' not in proc.stderr
