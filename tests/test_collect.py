@@ -7,7 +7,6 @@ import os
 
 os.environ.setdefault('MUJOCO_GL', 'egl')  # before dm_control / mujoco are imported
 
-import importlib.util  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tarfile  # noqa: E402
@@ -20,16 +19,10 @@ sys.path.insert(0, ROOT)
 
 import replay as replay_lib  # noqa: E402
 import tools  # noqa: E402
+from helpers import load_script  # noqa: E402
 
 TASK = 'dmc2gym_reacher_easy'
 FRAMES = 11  # time_limit 20 env steps / action_repeat 2 + the reset frame
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 collect_videos = load_script('collect_videos')

@@ -1,7 +1,6 @@
 """Held-out factor recording (env/dmc.py, scripts/collect_videos.py --heldout True) and scripts/disentanglement.py, on
 CPU with short reacher_easy episodes (time limit 60 env steps = 30 agent steps = 31 frames)."""
 import csv
-import importlib.util
 import json
 import os
 
@@ -12,6 +11,7 @@ import pytest  # noqa: E402
 
 import env as envs  # noqa: E402
 import replay as replay_lib  # noqa: E402
+from helpers import load_script  # noqa: E402
 import tools  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,13 +20,6 @@ FRAMES = 31
 # reacher: the floor (grid), the arm (self), the root and walls (decoration) and the target are on screen; the finger
 # (effector) covers < 0.5 % of the 64x64 frame; the *_default / *_highlight / eye / site materials are never drawn.
 VISIBLE = ['grid', 'self', 'decoration', 'target']
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 collect_videos = load_script('collect_videos')

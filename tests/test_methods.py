@@ -12,6 +12,7 @@ import models
 import networks
 import replay as replay_lib
 import tools
+from helpers import random_batch
 from tools import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,15 +29,6 @@ def make_checkpoint(directory, z_dim=20, seed=0):
     wm = models.WorldModel(cfg, cfg.pretrain_action_num, models.METHOD_SPECS['pretrain'])
     models.save_video_model(str(directory), wm, dict(z_dim=z_dim, pretrain_action_num=2))
     return wm
-
-
-def random_batch(B=2, T=8, A=6, seed=0):
-    rng = np.random.default_rng(seed)
-    batch = dict(image=rng.integers(0, 255, (B, T, 64, 64, 3), dtype=np.uint8),
-                 action=rng.uniform(-1, 1, (B, T, A)).astype(np.float32),
-                 reward=rng.normal(size=(B, T)).astype(np.float32), is_first=np.zeros((B, T), bool))
-    batch['is_first'][:, 0] = True
-    return batch
 
 
 def method_config(method, ckpt, *extra):

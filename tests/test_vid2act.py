@@ -14,6 +14,7 @@ import models
 import replay as replay_lib
 import tools
 import vid2act
+from helpers import random_batch
 from tools import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,12 +66,7 @@ def setup(tmp_path):
 
 
 def target_batch(B=3, T=6, A=4, seed=0):
-    rng = np.random.default_rng(seed)
-    batch = dict(image=rng.integers(0, 255, (B, T, 64, 64, 3), dtype=np.uint8),
-                 action=rng.uniform(-1, 1, (B, T, A)).astype(np.float32),
-                 reward=rng.normal(size=(B, T)).astype(np.float32), is_first=np.zeros((B, T), bool))
-    batch['is_first'][:, 0] = True
-    return batch
+    return random_batch(B, T, A, seed)
 
 
 # ---------------------------------------------------------------------------------------------------- the math
