@@ -53,6 +53,7 @@ def prepare_logdir(config) -> str:
 
 def configure_torch(config) -> None:
     tools.set_seed(config.seed, config.deterministic)
+    tools.keep_freed_memory(config.malloc_cache)
     if config.threads:
         torch.set_num_threads(config.threads)
     if str(config.device).startswith('cuda') and not torch.cuda.is_available():

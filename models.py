@@ -432,13 +432,15 @@ class ImagBehavior(nn.Module):
 
     def losses(self, wm: WorldModel, start: dict, reward_fn, ctx=None):
         cfg = self.config
-        feats, entropy = self.imagine(wm, start, cfg.imag_horizon, ctx)
-        reward = reward_fn(feats)                                              # (H+1, N)
-        value = self.slow_critic(feats)
+        feats, entropy = self.imagine(wm, start, cfg.imag_horizon, ctx)       # (H+1, N, F), (H, N)
+        # The returns use r(s_t) for t < H and V(s_t) for t >= 1 only, so neither head sees the other states.
+        reward = reward_fn(feats)                                              # (H, N)
+        next_value = self.slow_critic(feats[1:])                               # (H, N): V(s_1) ... V(s_H)
         discount = torch.full_like(reward, cfg.discount)
-        target = tools.lambda_return(reward[:-1], value[:-1], discount[:-1], value[-1], cfg.discount_lambda,
+        value = torch.cat([torch.zeros_like(next_value[:1]), next_value[:-1]], 0)   # V(s_0) is never read
+        target = tools.lambda_return(reward, value, discount, next_value[-1], cfg.discount_lambda,
                                      reverse_bug=cfg.release_compat)        # (H, N)
-        weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-2]], 0), 0).detach()
+        weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()
         actor_loss = -(weight * (target + cfg.actor_entropy * entropy)).mean()
         value_pred = self.critic(feats[:-1].detach())
         critic_loss = (weight * tools.gaussian_nll(value_pred, target.detach(), 0)).mean()
@@ -501,9 +503,10 @@ class Agent(nn.Module):
         return out
 
     def reward_fn(self, feats: torch.Tensor) -> torch.Tensor:
-        reward = self.wm.reward(feats)
+        """Imagined features (H+1, N, F) -> rewards of the first H states (H, N) (the last one's is never used)."""
+        reward = self.wm.reward(feats[:-1])
         if self.intrinsic is not None:
-            reward = reward + self.intrinsic(feats)
+            reward = reward + self.intrinsic(feats)[:-1]     # the bonus' running scale still sees all H+1 states
         return reward
 
     def update(self, batch: dict, step: int) -> dict:

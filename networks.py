@@ -27,6 +27,53 @@ def conv_transpose_1x1_input(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torc
     return out.contiguous(memory_format=torch.channels_last)
 
 
+class _ConvTransposeFn(torch.autograd.Function):
+    """F.conv_transpose2d whose backward takes the bias gradient as a plain sum over (N, H, W).
+
+    ATen's oneDNN backward of a transposed convolution computes the bias gradient in a slow separate pass: for the
+    beta-VAE decoder's 32->32 layer at 800 x 16 x 16 it is 105 ms of a 179 ms backward, against 4 ms for the sum.
+    Input and weight gradients come from the same `convolution_backward` call as before: same math.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv_transpose2d(x, weight, bias, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if need_x or need_w:
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, ctx.stride, ctx.padding, [1, 1], True, [0, 0], 1, [need_x, need_w, False])
+        if need_b:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def conv_transpose(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` (same math) with the faster backward of `_ConvTransposeFn`; follows autocast like the layer."""
+    assert layer.dilation == (1, 1) and layer.groups == 1 and layer.output_padding == (0, 0)
+    weight, bias = layer.weight, layer.bias
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    with torch.autocast(device, enabled=False):
+        return _ConvTransposeFn.apply(x, weight, bias, list(layer.stride), list(layer.padding))
+
+
+def run_deconvs(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A Sequential of transposed convolutions and activations, the convolutions through `conv_transpose`."""
+    for layer in layers:
+        x = conv_transpose(layer, x) if isinstance(layer, nn.ConvTranspose2d) else layer(x)
+    return x
+
+
 def conv_full_window(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A convolution whose kernel covers the whole (unpadded) input, i.e. a 1x1 output, as one matmul: (N, C_out)."""
     return F.linear(x.flatten(1), layer.weight.flatten(1), layer.bias)
@@ -227,7 +274,7 @@ class BetaVAEDecoder(nn.Module):
         lead = feat.shape[:-1]
         x = F.elu(self.bottleneck(feat.reshape(-1, feat.shape[-1])))
         x = conv_transpose_1x1_input(self.deconvs[1], x)             # 256x1x1 -> 64x4x4
-        return self.deconvs[2:](x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
+        return run_deconvs(self.deconvs[2:], x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
 
 
 class ConvDecoder(nn.Module):
@@ -249,7 +296,7 @@ class ConvDecoder(nn.Module):
         lead = feat.shape[:-1]
         x = self.linear(feat.reshape(-1, feat.shape[-1]))
         x = conv_transpose_1x1_input(self.deconvs[0], x)             # 1024x1x1 -> 128x5x5
-        return self.deconvs[1:](x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
+        return run_deconvs(self.deconvs[1:], x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
 
 
 def mlp(inp: int, out: int, layers: int, units: int) -> nn.Sequential:

@@ -61,10 +61,11 @@ def child(args) -> dict:
     import tools
 
     torch.set_num_threads(args.threads)
+    malloc_cache = tools.keep_freed_memory(args.malloc_cache)
     B, L = args.batch[0], args.length
     argv = ['--configs', 'defaults', 'dmc2gym', '--batch_size', str(B), '--batch_length', str(L), '--device',
             args.device, '--precision', args.precision, '--compile', str(args.compile), '--logdir', '/tmp/bench',
-            '--seed', '0']
+            '--seed', '0', '--malloc_cache', str(args.malloc_cache)]
     tmp = tempfile.mkdtemp()
     if args.mode == 'diswm':
         video = models.WorldModel(tools.make_config(argv + ['--beta_vae_pretrain', 'True', '--beta_vae', 'True']), 2,
@@ -124,13 +125,6 @@ def child(args) -> dict:
     data = [batch() for _ in range(2)]
     for i in range(args.warmup):
         update(prepare(data[i % 2]))
-    flops = None
-    if args.flops:
-        from torch.utils.flop_counter import FlopCounterMode
-        counter = FlopCounterMode(display=False)
-        with counter:
-            update(prepare(data[0]))
-        flops = counter.get_total_flops()
     times, wm_times, beh_times, losses = [], [], [], []
     for i in range(args.repeats):
         t = time.perf_counter()
@@ -145,6 +139,14 @@ def child(args) -> dict:
         peak = torch.cuda.max_memory_allocated() / 2 ** 30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    # FLOPs counted last: FlopCounterMode's own allocations must not count towards the update's peak memory
+    flops = None
+    if args.flops:
+        from torch.utils.flop_counter import FlopCounterMode
+        counter = FlopCounterMode(display=False)
+        with counter:
+            update(prepare(data[0]))
+        flops = counter.get_total_flops()
     return dict(mode=args.mode, batch=B, length=L, s_per_update=median,
                 s_world_model=statistics.median(wm_times) if wm_times else median,
                 s_behavior=statistics.median(beh_times) if beh_times else 0.0,
@@ -152,7 +154,7 @@ def child(args) -> dict:
                 peak_mem_gb=peak, peak_kind='cuda_max_allocated' if cuda else 'process_max_rss',
                 gflop_per_update=flops / 1e9 if flops else None,
                 gflops=flops / 1e9 / median if flops else None,
-                device=args.device, precision=args.precision, compile=bool(args.compile),
+                device=args.device, precision=args.precision, compile=bool(args.compile), malloc_cache=malloc_cache,
                 torch=torch.__version__, threads=torch.get_num_threads(), final_loss=losses[-1])
 
 
@@ -186,6 +188,8 @@ def main():
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--precision', default='32', choices=['32', 'bf16', '16'])
     parser.add_argument('--compile', default='False', choices=['True', 'False'])
+    parser.add_argument('--malloc_cache', default='True', choices=['True', 'False'],
+                        help="keep freed memory for reuse (the --malloc_cache training option; False: glibc's defaults)")
     parser.add_argument('--flops', default='True', choices=['True', 'False'],
                         help='count FLOPs of one update (torch.utils.flop_counter) for GFLOP/s')
     parser.add_argument('--envs', default='', help='also measure env throughput with these worker counts, e.g. 1,2')
@@ -198,6 +202,7 @@ def main():
     args.batch = [int(b) for b in args.batch.split(',') if b]
     args.compile = args.compile == 'True'
     args.flops = args.flops == 'True'
+    args.malloc_cache = args.malloc_cache == 'True'
     if args._child:
         print(json.dumps(child(args)))
         return
@@ -228,7 +233,8 @@ def main():
             cmd = [sys.executable, os.path.abspath(__file__), '--_child', '--mode', mode, '--batch', str(batch),
                    '--length', str(args.length), '--warmup', str(args.warmup), '--repeats', str(args.repeats),
                    '--threads', str(args.threads), '--device', args.device, '--precision', args.precision,
-                   '--compile', str(args.compile), '--flops', str(args.flops)]
+                   '--compile', str(args.compile), '--flops', str(args.flops),
+                   '--malloc_cache', str(args.malloc_cache)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
                 print(proc.stderr[-2000:], file=sys.stderr)
@@ -264,6 +270,7 @@ def main():
         peak = next(r for r in results if r.get('kind') == 'matmul_peak')
         print(f"\nmatmul peak ({args.device}, {args.threads} threads): fp32 {peak['fp32_gflops']:.0f} GFLOP/s, "
               f"bf16 {peak['bf16_gflops']:.0f} GFLOP/s; precision {args.precision}, compile {args.compile}, "
+              f"malloc_cache {args.malloc_cache}, "
               f"torch {updates[0]['torch']}")
     envs = [r for r in results if r.get('kind') == 'env']
     if envs:

@@ -86,3 +86,118 @@ def test_prefetcher_gives_the_same_batches_as_direct_sampling():
             assert all(np.array_equal(got[k], want[k]) for k in want)
     finally:
         prefetcher.close()
+
+
+@pytest.mark.parametrize('release_compat', [False, True])
+def test_behavior_losses_match_heads_on_all_imagined_states(release_compat):
+    """The actor-critic evaluates the reward head on s_0..s_{H-1} and the slow critic on s_1..s_H only; losses and
+    gradients equal the plain computation that runs both heads on all H+1 states and slices."""
+    import models
+    import tools
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--logdir', '/tmp/unused',
+                                '--release_compat', str(release_compat), '--device', 'cpu'])
+    torch.manual_seed(0)
+    agent = models.Agent(config, 6)
+    behavior = agent.behavior
+    for p in behavior.slow_critic.parameters():        # a slow critic different from the critic
+        p.data.normal_(0, 0.1)
+    start = {k: v for k, v in agent.wm.rssm.initial(12).items()}
+    start = {k: v + torch.randn_like(v) for k, v in start.items()}
+
+    def plain_losses():
+        feats, entropy = behavior.imagine(agent.wm, start, config.imag_horizon)
+        reward = agent.wm.reward(feats)
+        value = behavior.slow_critic(feats)
+        discount = torch.full_like(reward, config.discount)
+        target = tools.lambda_return(reward[:-1], value[:-1], discount[:-1], value[-1], config.discount_lambda,
+                                     reverse_bug=release_compat)
+        weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-2]], 0), 0)
+        actor_loss = -(weight * (target + config.actor_entropy * entropy)).mean()
+        critic_loss = (weight * tools.gaussian_nll(behavior.critic(feats[:-1].detach()), target.detach(), 0)).mean()
+        return actor_loss, critic_loss
+
+    results = []
+    for fn in (plain_losses, lambda: behavior.losses(agent.wm, start, agent.reward_fn)[:2]):
+        torch.manual_seed(1)
+        behavior.requires_grad_(True)
+        behavior.slow_critic.requires_grad_(False)
+        actor_loss, critic_loss = fn()
+        grads = torch.autograd.grad(actor_loss, list(behavior.actor.parameters()))
+        grads += torch.autograd.grad(critic_loss, list(behavior.critic.parameters()))
+        results.append((actor_loss.detach(), critic_loss.detach(), grads))
+        behavior.requires_grad_(False)
+    (a0, c0, g0), (a1, c1, g1) = results
+    assert torch.allclose(a0, a1, rtol=1e-5, atol=1e-6) and torch.allclose(c0, c1, rtol=1e-5, atol=1e-6)
+    for x, y in zip(g0, g1):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_optimizer_zeroes_gradients_in_place():
+    """Gradient buffers are allocated once and reused; each step sees only its own loss's gradient."""
+    import tools
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    opt = tools.Optimizer('test', layer.parameters(), 1e-3, 1e-5, 100.0)
+    buffers = [p.grad.data_ptr() for p in layer.parameters()]
+    x = torch.randn(4, 3)
+    for _ in range(3):
+        expected = torch.autograd.grad(layer(x).square().sum(), list(layer.parameters()))
+        norm = opt.step(layer(x).square().sum())
+        assert torch.allclose(norm, torch.linalg.vector_norm(torch.cat([g.flatten() for g in expected])))
+    assert [p.grad.data_ptr() for p in layer.parameters()] == buffers
+
+
+def test_keep_freed_memory_applies_on_glibc_and_can_be_turned_off():
+    import platform
+    import tools
+    assert tools.keep_freed_memory(False) is False
+    applied = tools.keep_freed_memory(True)
+    assert applied == (platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc')
+
+
+@pytest.mark.parametrize('channels_last', [True, False])
+@pytest.mark.parametrize('shape', [(32, 3, 4, 2, 1, 8), (16, 8, 6, 2, 0, 5), (8, 4, 5, 2, 0, 3)])
+def test_conv_transpose_matches_the_layer_with_all_gradients(shape, channels_last):
+    """networks.conv_transpose (bias gradient as a sum) against nn.ConvTranspose2d: output and every gradient."""
+    cin, cout, kernel, stride, padding, size = shape
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose2d(cin, cout, kernel, stride, padding)
+    x = torch.randn(6, cin, size, size)
+    if channels_last:
+        layer = layer.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for fn in (layer, lambda inp: networks.conv_transpose(layer, inp)):
+        inp = x.clone().requires_grad_(True)
+        out = fn(inp)
+        target = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        grads = torch.autograd.grad((out * target).sum(), [inp, layer.weight, layer.bias])
+        results.append((out, *grads))
+    for plain, fast in zip(*results):
+        assert torch.allclose(plain, fast, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_transpose_follows_autocast():
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose2d(8, 4, 4, 2, 1)
+    x = torch.randn(3, 8, 5, 5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        plain, fast = layer(x), networks.conv_transpose(layer, x)
+    assert fast.dtype == plain.dtype == torch.bfloat16
+    assert torch.allclose(plain.float(), fast.float(), rtol=2e-2, atol=2e-2)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        networks.conv_transpose(layer, x.requires_grad_(True)).float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32
+
+
+def test_decoder_parameter_gradients_match_plain_networks():
+    torch.manual_seed(0)
+    feat = torch.randn(2, 3, 250)
+    for dec, first in ((networks.ConvDecoder(250, 8), 'linear'), (networks.BetaVAEDecoder(250, 20), 'bottleneck')):
+        fast = dec(feat)
+        plain = dec.deconvs(getattr(dec, first)(feat.reshape(-1, 250))[:, :, None, None]).permute(0, 2, 3, 1)
+        params = list(dec.deconvs.parameters())
+        g_fast = torch.autograd.grad(fast.square().sum(), params)
+        g_plain = torch.autograd.grad(plain.square().sum(), params)
+        for a, b in zip(g_fast, g_plain):
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
