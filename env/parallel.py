@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import multiprocessing.connection
+import os
 import pickle
 import signal
 import sys
@@ -99,10 +100,13 @@ def _inherited_gl_display() -> str | None:
 
 
 def _worker(conn: mp.connection.Connection, task: str, config: Any, seed: int, distractor: str,
-            forked: bool) -> None:
+            forked: bool, render_threads: int) -> None:
     """Worker process main: builds its env, then answers (command, arg) messages with (ok, result) until 'close'."""
     # Ctrl+C reaches the whole process group; the parent handles it and closes the workers in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Mesa's software renderer (EGL without a GPU) starts one thread per CPU in every process; N workers would then
+    # fight over the cores. Give each its share (a user's own LP_NUM_THREADS wins; GPU drivers ignore it).
+    os.environ.setdefault('LP_NUM_THREADS', str(render_threads))
     environment = None
     try:
         try:
@@ -174,13 +178,14 @@ class _InProcessSlot:
 class _WorkerSlot:
     """One env in its own worker process, reached through a pipe."""
 
-    def __init__(self, context: Any, index: int, seed: int, task: str, config: Any, distractor: str):
+    def __init__(self, context: Any, index: int, seed: int, task: str, config: Any, distractor: str,
+                 render_threads: int = 1):
         self.index, self.seed = index, seed
         self.conn, child_conn = context.Pipe()
         forked = context.get_start_method() == 'forkserver'
         # daemon: multiprocessing terminates the worker at interpreter exit even if nobody closed it.
-        self.process = context.Process(target=_worker, args=(child_conn, task, config, seed, distractor, forked),
-                                       name=f'env-worker-{index}', daemon=True)
+        args = (child_conn, task, config, seed, distractor, forked, render_threads)
+        self.process = context.Process(target=_worker, args=args, name=f'env-worker-{index}', daemon=True)
         self.process.start()
         child_conn.close()  # the worker holds the other end; an EOF then means the worker is gone
 
@@ -335,8 +340,9 @@ class ParallelEnvs:
                     raise ValueError("start_method 'fork' is unsafe with MuJoCo / EGL; use 'forkserver' or 'spawn'.")
                 context = mp.get_context(start_method)
                 config = _plain(config)
+                render_threads = max(1, (os.cpu_count() or 1) // len(self.seeds))
                 for index, seed in enumerate(self.seeds):  # all workers build their env at the same time
-                    self._slots.append(_WorkerSlot(context, index, seed, task, config, distractor))
+                    self._slots.append(_WorkerSlot(context, index, seed, task, config, distractor, render_threads))
                 self.action_size = int(self._receive_all(self._slots)[0])
         except BaseException:
             self.close()
