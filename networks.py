@@ -36,9 +36,11 @@ class _ConvTransposeFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding):
+    def forward(ctx, x, weight, bias, stride, padding, phases):
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding = stride, padding
+        if phases:
+            return _conv_transpose_by_phases(x, weight, bias, stride[0])
         return F.conv_transpose2d(x, weight, bias, stride, padding)
 
     @staticmethod
@@ -51,12 +53,31 @@ class _ConvTransposeFn(torch.autograd.Function):
                 grad, x, weight, None, ctx.stride, ctx.padding, [1, 1], True, [0, 0], 1, [need_x, need_w, False])
         if need_b:
             grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
-def conv_transpose(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)` (same math) with the faster backward of `_ConvTransposeFn`; follows autocast like the layer."""
+def _conv_transpose_by_phases(x, weight, bias, stride: int):
+    """An unpadded transposed convolution whose kernel is m strides wide, as one dense m x m convolution (padding
+    m - 1) with stride^2 x C_out channels followed by pixel_shuffle: output pixel (s q + a, s r + b) is
+    sum_{i,j < m} x[q - i, r - j] W[a + s i, b + s j]. Same products and sums; on CPUs the convolution kernel is much
+    faster than the transposed one when C_out is small (DreamerV2's 32->3 output layer: 148 -> 66 ms forward)."""
+    c_in, c_out, k = weight.shape[0], weight.shape[1], weight.shape[2]
+    m = k // stride
+    w = weight.reshape(c_in, c_out, m, stride, m, stride).flip(2, 4)            # (ci, co, i', a, j', b), i' = m-1-i
+    w = w.permute(1, 3, 5, 0, 2, 4).reshape(c_out * stride * stride, c_in, m, m)
+    b = bias.repeat_interleave(stride * stride) if bias is not None else None
+    return F.pixel_shuffle(F.conv2d(x, w, b, padding=m - 1), stride)
+
+
+def conv_transpose(layer: nn.ConvTranspose2d, x: torch.Tensor, phases: bool = False) -> torch.Tensor:
+    """`layer(x)` (same math) with the faster backward of `_ConvTransposeFn`; follows autocast like the layer.
+
+    `phases`: compute the forward as a dense convolution + pixel_shuffle (`_conv_transpose_by_phases`; needs no
+    padding and a kernel that is a multiple of the stride)."""
     assert layer.dilation == (1, 1) and layer.groups == 1 and layer.output_padding == (0, 0)
+    if phases:
+        assert layer.padding == (0, 0) and layer.stride[0] == layer.stride[1] and \
+            layer.kernel_size[0] == layer.kernel_size[1] and layer.kernel_size[0] % layer.stride[0] == 0
     weight, bias = layer.weight, layer.bias
     device = x.device.type
     if torch.is_autocast_enabled(device):
@@ -64,13 +85,17 @@ def conv_transpose(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     with torch.autocast(device, enabled=False):
-        return _ConvTransposeFn.apply(x, weight, bias, list(layer.stride), list(layer.padding))
+        return _ConvTransposeFn.apply(x, weight, bias, list(layer.stride), list(layer.padding), phases)
 
 
-def run_deconvs(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """A Sequential of transposed convolutions and activations, the convolutions through `conv_transpose`."""
-    for layer in layers:
-        x = conv_transpose(layer, x) if isinstance(layer, nn.ConvTranspose2d) else layer(x)
+def run_deconvs(layers: nn.Sequential, x: torch.Tensor, phases_last: bool = False) -> torch.Tensor:
+    """A Sequential of transposed convolutions and activations, the convolutions through `conv_transpose`
+    (the last one by phases when `phases_last`)."""
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.ConvTranspose2d):
+            x = conv_transpose(layer, x, phases=phases_last and i == len(layers) - 1)
+        else:
+            x = layer(x)
     return x
 
 
@@ -296,7 +321,8 @@ class ConvDecoder(nn.Module):
         lead = feat.shape[:-1]
         x = self.linear(feat.reshape(-1, feat.shape[-1]))
         x = conv_transpose_1x1_input(self.deconvs[0], x)             # 1024x1x1 -> 128x5x5
-        return run_deconvs(self.deconvs[1:], x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
+        # the 32->3 output layer (kernel 6 = 3 strides, no padding) runs by phases (2x faster forward on CPUs)
+        return run_deconvs(self.deconvs[1:], x, phases_last=True).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
 
 
 def mlp(inp: int, out: int, layers: int, units: int) -> nn.Sequential:

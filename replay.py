@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import glob
 import io
+import mmap
 import os
 import queue
 import threading
@@ -91,6 +92,15 @@ def count_steps(directory: str) -> int:
     return total
 
 
+def mapped_zeros(shape: tuple, dtype) -> np.ndarray:
+    """A zeroed array in its own anonymous memory map: pages appear on first write and go back to the OS when the
+    array is freed. The replay's storage (gigabytes, regrown by doubling) thus never lands in malloc's heap, which
+    `tools.keep_freed_memory` keeps resident for the training updates' reuse."""
+    count = int(np.prod(shape))
+    buffer = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))
+    return np.frombuffer(buffer, dtype, count=count).reshape(shape)
+
+
 class Replay:
     """Flat ring buffer of steps; uniform sampling of fixed-length sequences.
 
@@ -120,11 +130,11 @@ class Replay:
             initial = self.capacity or max(1024, needed)
             for key, value in episode.items():
                 value = np.asarray(value)
-                self._data[key] = np.zeros((initial,) + value.shape[1:], value.dtype)
+                self._data[key] = mapped_zeros((initial,) + value.shape[1:], value.dtype)
         elif self.capacity is None and self._size + needed > len(next(iter(self._data.values()))):
             new = max(2 * len(next(iter(self._data.values()))), self._size + needed)
             for key, arr in self._data.items():
-                grown = np.zeros((new,) + arr.shape[1:], arr.dtype)
+                grown = mapped_zeros((new,) + arr.shape[1:], arr.dtype)
                 grown[:self._size] = arr[:self._size]
                 self._data[key] = grown
 

@@ -156,10 +156,12 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_turned_off():
 
 
 @pytest.mark.parametrize('channels_last', [True, False])
-@pytest.mark.parametrize('shape', [(32, 3, 4, 2, 1, 8), (16, 8, 6, 2, 0, 5), (8, 4, 5, 2, 0, 3)])
+@pytest.mark.parametrize('shape', [(32, 3, 4, 2, 1, 8, False), (16, 8, 6, 2, 0, 5, False), (8, 4, 5, 2, 0, 3, False),
+                                   (16, 3, 6, 2, 0, 5, True), (8, 4, 4, 2, 0, 3, True), (6, 5, 6, 3, 0, 4, True)])
 def test_conv_transpose_matches_the_layer_with_all_gradients(shape, channels_last):
-    """networks.conv_transpose (bias gradient as a sum) against nn.ConvTranspose2d: output and every gradient."""
-    cin, cout, kernel, stride, padding, size = shape
+    """networks.conv_transpose (bias gradient as a sum; forward by phases where asked) against
+    nn.ConvTranspose2d: output and every gradient."""
+    cin, cout, kernel, stride, padding, size, phases = shape
     torch.manual_seed(0)
     layer = torch.nn.ConvTranspose2d(cin, cout, kernel, stride, padding)
     x = torch.randn(6, cin, size, size)
@@ -167,7 +169,7 @@ def test_conv_transpose_matches_the_layer_with_all_gradients(shape, channels_las
         layer = layer.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     results = []
-    for fn in (layer, lambda inp: networks.conv_transpose(layer, inp)):
+    for fn in (layer, lambda inp: networks.conv_transpose(layer, inp, phases)):
         inp = x.clone().requires_grad_(True)
         out = fn(inp)
         target = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
@@ -177,16 +179,17 @@ def test_conv_transpose_matches_the_layer_with_all_gradients(shape, channels_las
         assert torch.allclose(plain, fast, rtol=1e-4, atol=1e-5)
 
 
-def test_conv_transpose_follows_autocast():
+@pytest.mark.parametrize('phases', [False, True])
+def test_conv_transpose_follows_autocast(phases):
     torch.manual_seed(0)
-    layer = torch.nn.ConvTranspose2d(8, 4, 4, 2, 1)
+    layer = torch.nn.ConvTranspose2d(8, 4, 6, 2, 0 if phases else 1)
     x = torch.randn(3, 8, 5, 5)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        plain, fast = layer(x), networks.conv_transpose(layer, x)
+        plain, fast = layer(x), networks.conv_transpose(layer, x, phases)
     assert fast.dtype == plain.dtype == torch.bfloat16
     assert torch.allclose(plain.float(), fast.float(), rtol=2e-2, atol=2e-2)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        networks.conv_transpose(layer, x.requires_grad_(True)).float().sum().backward()
+        networks.conv_transpose(layer, x.requires_grad_(True), phases).float().sum().backward()
     assert layer.weight.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32
 
 

@@ -111,3 +111,24 @@ def test_dataset_scale_is_seeded_subset(tmp_path):
     a, _ = replay_lib.load_video_dataset(str(tmp_path), scale=0.25, seed=0, min_length=2)
     b, _ = replay_lib.load_video_dataset(str(tmp_path), scale=0.25, seed=0, min_length=2)
     assert len(a) == 2 and all(np.array_equal(x['image'], y['image']) for x, y in zip(a, b))
+
+
+def test_storage_lives_in_its_own_memory_maps_and_survives_growth():
+    """The unbounded replay grows by doubling; every step stays in place, and the storage is mmap-backed (outside
+    malloc's heap), so an outgrown array's memory goes back to the OS."""
+    import mmap
+    r = replay_lib.Replay(seed=0)
+    episodes = [make_episode(700, seed=i) for i in range(4)]      # 2796 steps: grows 1024 -> 2048 -> 4096
+    for ep in episodes:
+        r.add_episode(ep)
+    assert len(r) == 4 * 699 + 4
+    for arr in r._data.values():
+        base = arr
+        while isinstance(base, np.ndarray):
+            base = base.base
+        base = base.obj if isinstance(base, memoryview) else base
+        assert isinstance(base, mmap.mmap) and arr.flags.writeable
+    stored = r._data['reward'][:len(r)]
+    assert np.array_equal(stored, np.concatenate([ep['reward'] for ep in episodes]))
+    zeros = replay_lib.mapped_zeros((3, 5), np.float32)
+    assert zeros.shape == (3, 5) and zeros.dtype == np.float32 and not zeros.any()
