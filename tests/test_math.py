@@ -148,3 +148,25 @@ def test_gaussian_nll_matches_torch_normal():
     assert torch.allclose(tools.gaussian_nll(mean, target, 2), expected, atol=1e-4)
     assert torch.allclose(tools.gaussian_nll(mean, target, 0), -torch.distributions.Normal(mean, 1.0).log_prob(target),
                           atol=1e-5)
+
+
+@pytest.mark.parametrize('event_dims', [1, 3])
+def test_gaussian_nll_gradient_matches_the_plain_expression(event_dims):
+    """The fused squared error (saves only the difference) gives the plain autograd graph's value and gradients."""
+    torch.manual_seed(0)
+    shape = (2, 3, 8, 8, 3)[:2 + event_dims]
+    mean = torch.randn(shape, requires_grad=True)
+    target = torch.randn(shape, requires_grad=True)
+    weights = torch.rand(shape[:2])
+    fast = tools.gaussian_nll(mean, target, event_dims)
+    dims = tuple(range(-event_dims, 0))
+    count = int(np.prod(shape[2:]))
+    plain = 0.5 * (target - mean).square().sum(dims) + 0.5 * np.log(2 * np.pi) * count
+    assert torch.allclose(fast, plain, rtol=1e-5)
+    g_fast = torch.autograd.grad((weights * fast).sum(), [mean, target])
+    g_plain = torch.autograd.grad((weights * plain).sum(), [mean, target])
+    for a, b in zip(g_fast, g_plain):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    half = mean.detach().bfloat16().requires_grad_(True)
+    (g_half,) = torch.autograd.grad(tools.gaussian_nll(half, target.detach(), event_dims).sum(), [half])
+    assert g_half.dtype == torch.bfloat16
