@@ -212,3 +212,26 @@ def test_acting_loop_runs_with_the_real_agent():
     finished = run_docstring_example(config, agent, n=2, steps=12)  # restarts both envs once (at batched step 4)
     assert len(finished) == 2 and all(len(rec) == 4 for rec in finished)
     assert all(np.abs(rec.episode()['action']).max() <= 1 for rec in finished)
+
+
+@pytest.mark.parametrize('preset', [None, '5'])
+def test_worker_sets_its_share_of_render_threads_unless_the_user_did(preset):
+    """A worker sets LP_NUM_THREADS (Mesa's software-render threads) to its share before building its env; a value
+    the user exported wins. Run in-process here, with an env that fails to build, to see the worker's environment."""
+    import multiprocessing as mp
+    from env import parallel
+    saved_env, saved_sigint = os.environ.get('LP_NUM_THREADS'), signal.getsignal(signal.SIGINT)
+    try:
+        os.environ.pop('LP_NUM_THREADS', None)
+        if preset:
+            os.environ['LP_NUM_THREADS'] = preset
+        ours, theirs = mp.Pipe()
+        parallel._worker(theirs, 'dmc2gym_no_such_task', make_config(), 0, 'train_1', False, 3)
+        ok, _ = ours.recv()
+        assert not ok                                     # the bad task is reported back, as usual
+        assert os.environ['LP_NUM_THREADS'] == (preset or '3')
+    finally:
+        signal.signal(signal.SIGINT, saved_sigint)
+        os.environ.pop('LP_NUM_THREADS', None)
+        if saved_env is not None:
+            os.environ['LP_NUM_THREADS'] = saved_env
