@@ -480,8 +480,9 @@ def pretrain_video(config) -> None:
           f"too short skipped.")
     spec = models.METHOD_SPECS['pretrain']
     wm = models.WorldModel(config, config.pretrain_action_num, spec).to(config.device)
-    opt = tools.Optimizer('model', wm.parameters(), config.model_lr, config.opt_eps, config.grad_clip,
-                          config.weight_decay)
+    opt = tools.Optimizer.for_config('model', wm.parameters(), config.model_lr, config)
+    if config.compile:
+        models.compile_world_model(wm)
     total = max(1, config.pretrain_steps // config.batch_size)
     state_path = os.path.join(logdir, 'pretrain_state.pt')
     start = 0
@@ -519,9 +520,7 @@ def pretrain_video(config) -> None:
         batch = replay.sample(config.batch_size, config.batch_length)
         data = {'image': torch.as_tensor(batch['image']).to(config.device, non_blocking=True),
                 'is_first': torch.as_tensor(batch['is_first']).to(config.device).float()}
-        loss, _, metrics = wm.loss(data, update)
-        metrics['model_grad_norm'] = opt.step(loss)
-        return metrics
+        return models.video_model_update(wm, opt, data, update)
 
     tools.offline_updates(config, logger, start, total, update_fn, save, 'pretrain',
                           dict(image='image_loss', kl='kl_loss', bvae='beta_vae_kl_loss', ups='updates_per_second'))

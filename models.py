@@ -437,8 +437,7 @@ class ImagBehavior(nn.Module):
         reward = reward_fn(feats)                                              # (H, N)
         next_value = self.slow_critic(feats[1:])                               # (H, N): V(s_1) ... V(s_H)
         discount = torch.full_like(reward, cfg.discount)
-        value = torch.cat([torch.zeros_like(next_value[:1]), next_value[:-1]], 0)   # V(s_0) is never read
-        target = tools.lambda_return(reward, value, discount, next_value[-1], cfg.discount_lambda,
+        target = tools.lambda_return(reward, next_value, discount, cfg.discount_lambda,
                                      reverse_bug=cfg.release_compat)        # (H, N)
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()
         actor_loss = -(weight * (target + cfg.actor_entropy * entropy)).mean()
@@ -471,8 +470,7 @@ class Agent(nn.Module):
         self.intrinsic = VideoIntrinsicBonus(self.wm.rssm.feat_size, config, config.seed) if self.spec.intrinsic \
             else None
         self.to(config.device)
-        opt = lambda name, params, lr: tools.Optimizer(name, params, lr, config.opt_eps, config.grad_clip,
-                                                       config.weight_decay, scaler=config.precision == '16')
+        opt = lambda name, params, lr: tools.Optimizer.for_config(name, params, lr, config)
         self._wm_params = self.wm.trainable_parameters()
         self.model_opt = opt('model', self._wm_params, config.model_lr)
         self.actor_opt = opt('actor', self.behavior.actor.parameters(), config.actor_lr)
@@ -548,10 +546,7 @@ class Agent(nn.Module):
         return metrics
 
     def autocast(self):
-        """bf16 autocast with --precision 16/bf16 (losses and optimizer state stay fp32)."""
-        device = 'cuda' if str(self.config.device).startswith('cuda') else 'cpu'
-        dtype = {'bf16': torch.bfloat16, '16': torch.float16}.get(str(self.config.precision))
-        return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
+        return tools.autocast(self.config)
 
     @torch.no_grad()
     def policy(self, obs: dict, state, training: bool):
@@ -609,14 +604,29 @@ def compile_networks(agent: 'Agent') -> None:
     The RSSM's per-step functions are compiled rather than the whole 50-step scan, which keeps compile times short;
     any compilation error falls back to eager execution with a warning (`tools.compiled`).
     """
-    wm, behavior = agent.wm, agent.behavior
-    for module in (wm.encoder, wm.decoder, wm.reward, behavior.actor, behavior.critic, behavior.slow_critic):
+    behavior = agent.behavior
+    compile_world_model(agent.wm)
+    for module in (behavior.actor, behavior.critic, behavior.slow_critic):
+        module.forward = tools.compiled(module.forward, type(module).__name__)
+
+
+def compile_world_model(wm: WorldModel) -> None:
+    """torch.compile a world model's encoder, decoder, reward head and RSSM steps (see `compile_networks`)."""
+    for module in (wm.encoder, wm.decoder, wm.reward):
         if module is not None:
             module.forward = tools.compiled(module.forward, type(module).__name__)
     for rssm in (wm.rssm, wm.video_rssm):
         if rssm is not None:
             rssm.img_step = tools.compiled(rssm.img_step, 'RSSM.img_step')
             rssm.obs_step = tools.compiled(rssm.obs_step, 'RSSM.obs_step')
+
+
+def video_model_update(wm: WorldModel, opt: tools.Optimizer, data: dict, step: int) -> dict:
+    """One update of the action-free video model (stage 1) on a batch of `image` (uint8) and `is_first`."""
+    with tools.autocast(wm.config):
+        loss, _, metrics = wm.loss(data, step)
+    metrics['model_grad_norm'] = opt.step(loss)
+    return metrics
 
 
 def make_agent(config, action_size: int, step: int = 0) -> Agent:

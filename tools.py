@@ -258,6 +258,14 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4      # glibc mallopt parameters (malloc.h)
 
 
+def autocast(config):
+    """The autocast context of `--precision` for an update: bf16 or fp16 (16) on the config's device, else off.
+    Losses, KL terms and optimizer state stay fp32."""
+    device = 'cuda' if str(config.device).startswith('cuda') else 'cpu'
+    dtype = {'bf16': torch.bfloat16, '16': torch.float16}.get(str(config.precision))
+    return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
+
+
 def keep_freed_memory(enabled: bool = True) -> bool:
     """Make glibc's malloc keep freed blocks in the process instead of handing them back to the OS.
 
@@ -391,16 +399,15 @@ class TruncNormal:
         return self._normal.entropy().sum(-1)
 
 
-def lambda_return(reward, value, discount, bootstrap, lambda_: float, reverse_bug: bool = False):
-    """TD(lambda) returns, time-major (T, ...): R_t = r_t + g_t * ((1 - l) V_{t+1} + l R_{t+1}), R_T = bootstrap.
+def lambda_return(reward, next_value, discount, lambda_: float, reverse_bug: bool = False):
+    """TD(lambda) returns, time-major (T, ...): R_t = r_t + g_t * ((1 - l) V_{t+1} + l R_{t+1}), R_T = V_T.
 
-    `value[t]` is V(s_t); `value[t + 1]` (or `bootstrap` at the end) is the next state's value. With `reverse_bug`
+    `next_value[t]` is V(s_{t+1}), so `next_value[-1]` is the bootstrap (V(s_0) is never needed). With `reverse_bug`
     the outputs come back in reversed time order, reproducing dreamer-torch / the DisWM release (DISWM_SPEC §7.11).
     """
-    next_values = torch.cat([value[1:], bootstrap[None]], 0)
-    inputs = reward + discount * next_values * (1 - lambda_)
+    inputs = reward + discount * next_value * (1 - lambda_)
     outputs = [None] * reward.shape[0]
-    last = bootstrap
+    last = next_value[-1]
     for t in reversed(range(reward.shape[0])):
         last = inputs[t] + discount[t] * lambda_ * last
         outputs[t] = last
@@ -442,6 +449,12 @@ class Optimizer:
         # did): no allocation per update, and these long-lived blocks sit below the activations in the heap.
         for p in self.parameters:
             p.grad = torch.zeros_like(p)
+
+    @classmethod
+    def for_config(cls, name, parameters, lr, config):
+        """Adam with the config's eps, gradient clip and weight decay; a gradient scaler with --precision 16."""
+        return cls(name, parameters, lr, config.opt_eps, config.grad_clip, config.weight_decay,
+                   scaler=str(config.precision) == '16')
 
     def zero_grad(self):
         grads = []

@@ -636,12 +636,6 @@ def target_action_size(config) -> int:
         environment.close()
 
 
-def _autocast(config):
-    device = 'cuda' if str(config.device).startswith('cuda') else 'cpu'
-    dtype = {'bf16': torch.bfloat16, '16': torch.float16}.get(str(config.precision))
-    return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
-
-
 def pretrain_teacher(config) -> None:
     """Trains the label-conditioned teacher on `<offline_dir>/<task>/` for every source task (VID2ACT_SPEC §1, §6.2).
 
@@ -670,8 +664,7 @@ def pretrain_teacher(config) -> None:
                               f"{action_size} (or other sizes): use a new --logdir.")
     sources.load(action_size, rewards=True)
     teacher = LabelledWorldModel(len(tasks), action_size, sizes).to(config.device)
-    opt = tools.Optimizer('teacher', teacher.parameters(), config.model_lr, config.opt_eps, config.grad_clip,
-                          config.weight_decay, scaler=config.precision == '16')
+    opt = tools.Optimizer.for_config('teacher', teacher.parameters(), config.model_lr, config)
     total = max(1, config.pretrain_steps // config.batch_size)
     start = 0
     if saved is not None:
@@ -699,7 +692,7 @@ def pretrain_teacher(config) -> None:
     def update_fn(update: int) -> dict:
         batch = to_device(sources.sample(task_shares(config.batch_size, len(tasks), update), config.batch_length),
                           config.device)
-        with _autocast(config):
+        with tools.autocast(config):
             loss, metrics, image_nll = teacher.loss(batch, config)
         metrics['model_grad_norm'] = opt.step(loss)
         for k, task in enumerate(tasks):

@@ -90,18 +90,11 @@ def child(args) -> dict:
     if args.mode == 'pretrain':
         wm = models.WorldModel(config, 2, models.METHOD_SPECS['pretrain']).to(config.device)
         if config.compile:
-            for module in (wm.encoder, wm.decoder):
-                module.forward = tools.compiled(module.forward, type(module).__name__)
-            wm.rssm.obs_step = tools.compiled(wm.rssm.obs_step, 'RSSM.obs_step')
-        opt = tools.Optimizer('model', wm.parameters(), config.model_lr, config.opt_eps, config.grad_clip,
-                              scaler=config.precision == '16')
-        dtype = {'bf16': torch.bfloat16, '16': torch.float16}.get(config.precision)
-        device_type = 'cuda' if cuda else 'cpu'
+            models.compile_world_model(wm)
+        opt = tools.Optimizer.for_config('model', wm.parameters(), config.model_lr, config)
 
-        def update(data):
-            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-                loss, _, metrics = wm.loss(data, 0)
-            opt.step(loss)
+        def update(data):      # what `dreamer.py --beta_vae_pretrain True` does per update
+            metrics = models.video_model_update(wm, opt, data, 0)
             sync()
             return metrics, None
 

@@ -16,6 +16,7 @@
 #   SEED            seed of the envs, colours and random actions (default 0)
 #   DATA            destination root (default: data/ in the repository)
 #   PYTHON          interpreter (default: the repository's .venv, else python)
+#   OUT_SUBDIR      folder below $DATA/<task> that receives the episodes (default train_eps; empty: $DATA/<task>)
 # Any further arguments are passed to scripts/collect_videos.py for every task (e.g. --color.max_delta 0.2).
 set -euo pipefail
 
@@ -26,13 +27,15 @@ TASKS="${TASKS:-cheetah_run finger_spin reacher_easy walker_walk}"
 EPISODES="${EPISODES:-2000}"
 SEED="${SEED:-0}"
 DATA="${DATA:-$ROOT/data}"
+OUT_SUBDIR="${OUT_SUBDIR-train_eps}"
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 
 for task in $TASKS; do
   lower="POLICY_${task}"
   upper="POLICY_${task^^}"
   policy="${!lower:-${!upper:-${POLICY:-random}}}"
-  echo "== $task: policy $policy, $EPISODES episodes -> $DATA/$task/train_eps"
+  out="$DATA/$task${OUT_SUBDIR:+/$OUT_SUBDIR}"
+  echo "== $task: policy $policy, $EPISODES episodes -> $out"
   "$PYTHON" "$ROOT/scripts/collect_videos.py" --task "dmc2gym_${task}" --policy "$policy" \
-    --episodes "$EPISODES" --out "$DATA/$task/train_eps" --seed "$SEED" "$@"
+    --episodes "$EPISODES" --out "$out" --seed "$SEED" "$@"
 done

@@ -27,22 +27,11 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
-[ -x "$PYTHON" ] || PYTHON=python
-TASKS="${TASKS:-cheetah_run hopper_stand walker_walk walker_run}"
-EPISODES="${EPISODES:-100}"
-SEED="${SEED:-0}"
-DATA="${DATA:-$ROOT/data/vid2act}"
-export MUJOCO_GL="${MUJOCO_GL:-egl}"
-
-for task in $TASKS; do
-  lower="POLICY_${task}"
-  upper="POLICY_${task^^}"
-  policy="${!lower:-${!upper:-${POLICY:-random}}}"
-  echo "== $task: policy $policy, $EPISODES episodes -> $DATA/$task"
-  "$PYTHON" "$ROOT/scripts/collect_videos.py" --task "dmc2gym_${task}" --policy "$policy" \
-    --episodes "$EPISODES" --out "$DATA/$task" --seed "$SEED" --save_actions True "$@"
-done
+# The collection loop is scripts/collect_sources.sh's, with this baseline's defaults and layout ($DATA/<task>/).
+export TASKS="${TASKS:-cheetah_run hopper_stand walker_walk walker_run}"
+export EPISODES="${EPISODES:-100}"
+export DATA="${DATA:-$ROOT/data/vid2act}"
+OUT_SUBDIR='' bash "$ROOT/scripts/collect_sources.sh" --save_actions True "$@"
 echo "Done. Pretrain the teacher with:"
 echo "  python dreamer.py --configs defaults dmc2gym --task dmc2gym_quadruped_walk --method_name vid2act \\"
 echo "    --vid2act_pretrain True --source_tasks $(echo $TASKS | tr ' ' ',') --offline_dir $DATA --logdir runs/vid2act_teacher"

@@ -1,6 +1,8 @@
 """Helpers shared by several test files."""
 import importlib.util
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -23,3 +25,14 @@ def load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_dreamer(args, timeout=300, check=True):
+    """Runs `python dreamer.py ARGS` from the repository root (MUJOCO_GL=egl); with `check`, a non-zero exit fails
+    the test with the tail of its output."""
+    env = dict(os.environ, MUJOCO_GL='egl', PYTHONUNBUFFERED='1')
+    proc = subprocess.run([sys.executable, 'dreamer.py', *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'dreamer.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
+    return proc

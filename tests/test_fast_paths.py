@@ -109,7 +109,8 @@ def test_behavior_losses_match_heads_on_all_imagined_states(release_compat):
         reward = agent.wm.reward(feats)
         value = behavior.slow_critic(feats)
         discount = torch.full_like(reward, config.discount)
-        target = tools.lambda_return(reward[:-1], value[:-1], discount[:-1], value[-1], config.discount_lambda,
+        next_value = value[1:]                                     # V(s_1) ... V(s_H); V(s_H) bootstraps
+        target = tools.lambda_return(reward[:-1], next_value, discount[:-1], config.discount_lambda,
                                      reverse_bug=release_compat)
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-2]], 0), 0)
         actor_loss = -(weight * (target + config.actor_entropy * entropy)).mean()

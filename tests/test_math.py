@@ -15,7 +15,8 @@ def test_lambda_return_matches_plain_loop():
     T, N, lam = 7, 3, 0.9
     reward, value, disc = torch.randn(T, N), torch.randn(T, N), torch.rand(T, N)
     bootstrap = torch.randn(N)
-    out = tools.lambda_return(reward, value, disc, bootstrap, lam)
+    next_value = torch.cat([value[1:], bootstrap[None]], 0)
+    out = tools.lambda_return(reward, next_value, disc, lam)
     expected = torch.zeros(T, N)
     for n in range(N):
         for t in range(T):
@@ -35,7 +36,7 @@ def test_lambda_return_matches_plain_loop():
             assert abs(weight_sum - 1) < 1e-6
     assert torch.allclose(out, expected, atol=1e-5)
     # release_compat reproduces the time-reversed order of the release
-    assert torch.allclose(tools.lambda_return(reward, value, disc, bootstrap, lam, reverse_bug=True),
+    assert torch.allclose(tools.lambda_return(reward, next_value, disc, lam, reverse_bug=True),
                           expected.flip(0), atol=1e-5)
 
 

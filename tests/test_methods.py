@@ -1,8 +1,6 @@
 """Pretraining (stage 1) and the finetuning methods (DisWM, DV2 Finetune, APV) built on its checkpoints."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ import models
 import networks
 import replay as replay_lib
 import tools
-from helpers import random_batch
+from helpers import random_batch, run_dreamer
 from tools import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,11 +150,7 @@ def test_pretraining_loss_goes_down(tmp_path):
 
 
 def run(args, timeout=300):
-    env = dict(os.environ, MUJOCO_GL='egl', PYTHONUNBUFFERED='1')
-    proc = subprocess.run([sys.executable, 'dreamer.py', *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f'{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
-    return proc
+    return run_dreamer(args, timeout)
 
 
 @pytest.fixture(scope='module')

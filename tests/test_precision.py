@@ -47,3 +47,22 @@ def test_bf16_loss_curves_follow_fp32():
     a, b = window(fp32['kl_loss']), window(bf16['kl_loss'])
     assert np.all(np.abs(a - b) <= 0.1 + 0.03 * np.abs(a)), (a, b)
     assert window(fp32['image_loss'])[-1] < window(fp32['image_loss'])[0]      # it does learn
+
+
+def test_video_model_update_follows_precision():
+    """Stage-1 pretraining (`models.video_model_update`, what `dreamer.py --beta_vae_pretrain True` runs) computes
+    under the --precision autocast: bf16 gives a slightly different but close image loss from the same weights."""
+    rng = np.random.default_rng(0)
+    data = {'image': torch.as_tensor(rng.integers(0, 255, (2, 8, 64, 64, 3), dtype=np.uint8)),
+            'is_first': torch.zeros(2, 8)}
+    losses = {}
+    for precision in ('32', 'bf16'):
+        torch.manual_seed(0)
+        cfg = tools.make_config(['--configs', 'defaults', 'dmc2gym', '--logdir', '/tmp/x', '--device', 'cpu',
+                                 '--beta_vae_pretrain', 'True', '--beta_vae', 'True', '--precision', precision,
+                                 *SMALL])
+        wm = models.WorldModel(cfg, 2, models.METHOD_SPECS['pretrain'])
+        opt = tools.Optimizer.for_config('model', wm.parameters(), cfg.model_lr, cfg)
+        losses[precision] = float(models.video_model_update(wm, opt, data, 0)['image_loss'])
+    assert losses['32'] != losses['bf16']
+    assert abs(losses['bf16'] - losses['32']) < 0.02 * abs(losses['32'])

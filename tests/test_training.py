@@ -9,19 +9,14 @@ import time
 import numpy as np
 import pytest
 
+from helpers import run_dreamer as run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ['--configs', 'defaults', 'dmc2gym', 'debug', '--task', 'dmc2gym_reacher_easy', '--prefill', '60',
         '--time_limit', '60', '--eval_every', '200', '--log_every', '100', '--eval_episodes', '1',
         '--batch_length', '8', '--pretrain', '2', '--progress', 'False', '--threads', '1']
 
 
-def run(args, timeout=300, check=True):
-    env = dict(os.environ, MUJOCO_GL='egl', PYTHONUNBUFFERED='1')
-    proc = subprocess.run([sys.executable, 'dreamer.py', *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f'dreamer.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
-    return proc
 
 
 def rows(logdir):

@@ -2,8 +2,6 @@
 checks, and teacher pretraining + online training end to end (dreamer.py in a subprocess)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import models
 import replay as replay_lib
 import tools
 import vid2act
-from helpers import random_batch
+from helpers import random_batch, run_dreamer
 from tools import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -236,11 +234,7 @@ def test_teacher_checkpoint_mismatches_fail_clearly(setup):
 
 # ---------------------------------------------------------------------------------------------------- end to end
 def run(args, timeout=200):
-    env = dict(os.environ, MUJOCO_GL='egl', PYTHONUNBUFFERED='1')
-    proc = subprocess.run([sys.executable, 'dreamer.py', *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f'{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
-    return proc
+    return run_dreamer(args, timeout)
 
 
 def test_pretraining_then_online_training(tmp_path):
