@@ -178,7 +178,7 @@ def distractor_schedule(config) -> dict:
     import env as envs
     try:
         envs.split_task(config.task)
-        return envs.distractor_schedule(config.task, config.color_distractor)
+        return envs.distractor_schedule(config.task, config.color_distractor, config.clean_render)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -256,6 +256,12 @@ def log_predictions(agent, replay, logger, config, logdir: str, step: int) -> No
         logger.image('traverse', grid)
 
 
+def log_times(logger, counters: dict) -> None:
+    """Cumulative wall-clock seconds of env stepping (incl. acting), updates and evaluation since the run began."""
+    for key in ('time_env', 'time_update', 'time_eval'):
+        logger.scalar(key, counters[key])
+
+
 def train(config) -> None:
     import models
     import replay as replay_lib
@@ -281,10 +287,14 @@ def train(config) -> None:
     train_envs, eval_envs = make_envs(config, schedule, phase, seed_offset=len(episodes))
     action_size = train_envs.action_size
     agent = models.make_agent(config, action_size, step=step)
-    counters = {'step': step, 'updates': 0, 'episodes': len(episodes)}
+    # Wall-clock seconds spent on env stepping, updates and evaluation (cumulative over resumes; logged as time_*).
+    counters = {'step': step, 'updates': 0, 'episodes': len(episodes), 'time_env': 0.0, 'time_update': 0.0,
+                'time_eval': 0.0}
     if os.path.exists(ckpt_path):
         saved = load_checkpoint(ckpt_path, agent, replay)
         counters['updates'] = saved.get('updates', 0)
+        for key in ('time_env', 'time_update', 'time_eval'):
+            counters[key] = saved.get(key, 0.0)
         print(f'Resuming from {ckpt_path}: agent step {step} ({step * repeat} env steps), '
               f'{len(episodes)} episodes on disk, {agent.updates} updates done.')
     elif step > 0:
@@ -336,9 +346,11 @@ def train(config) -> None:
         print(f'Prefilling {prefill} agent steps with random actions ({config.envs} env(s)).')
     while counters['step'] < total_steps:
         policy = act if counters['step'] < step + prefill else agent.policy
+        tick = time.perf_counter()
         for _, rec in collector.step(policy, training=True):
             finish_episode(rec)
             bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{(counters["step"] - fps_step) * repeat / max(time.time() - fps_time, 1e-6):.0f}')
+        counters['time_env'] += time.perf_counter() - tick
         counters['step'] += config.envs
         bar.update(config.envs)
         switch_if_due()
@@ -351,6 +363,7 @@ def train(config) -> None:
         if len(replay) >= config.batch_length and due:
             n = config.pretrain if not pretrained_updates else due * config.train_steps
             pretrained_updates = True
+            tick = time.perf_counter()
             for _ in range(n):
                 batch = prefetcher.next() if prefetcher else replay.sample(config.batch_size, config.batch_length)
                 metrics = agent.update(batch, counters['step'])
@@ -361,6 +374,7 @@ def train(config) -> None:
                     prefetcher = replay_lib.Prefetcher(replay, config.batch_size, config.batch_length,
                                                        agent.to_torch)
             counters['updates'] = agent.updates
+            counters['time_update'] += time.perf_counter() - tick
             last_train += due * config.train_every
 
         env_step = counters['step'] * repeat
@@ -370,14 +384,18 @@ def train(config) -> None:
             logger.scalar('fps', (counters['step'] - fps_step) * repeat / max(now - fps_time, 1e-6))
             logger.scalar('updates', agent.updates)
             logger.scalar('episodes', counters['episodes'])
+            log_times(logger, counters)
             fps_time, fps_step = now, counters['step']
             if config.tensorboard_video:
                 log_predictions(agent, replay, logger, config, logdir, env_step)
             logger.write(env_step, echo=not config.progress)
         if env_step >= next_eval or counters['step'] >= total_steps:
             next_eval += config.eval_every
+            tick = time.perf_counter()
             returns, successes, _ = evaluate(agent, eval_envs, config, logger, config.eval_episodes, eval_dir)
             log_predictions(agent, replay, logger, config, logdir, env_step)
+            counters['time_eval'] += time.perf_counter() - tick
+            log_times(logger, counters)
             row = logger.write(env_step, echo=False)
             msg = f'Eval at env step {env_step}: return {np.mean(returns):.1f} ± {np.std(returns):.1f}'
             if 'eval_success_rate' in row:

@@ -626,7 +626,7 @@ def target_action_size(config) -> int:
     """The target task's action size (from its environment)."""
     import env as envs
     try:
-        distractor = envs.distractor_schedule(config.task, config.color_distractor)['train_1']
+        distractor = envs.distractor_schedule(config.task, config.color_distractor, config.clean_render)['train_1']
         environment = envs.make_env(config.task, config, config.seed, distractor)
     except ValueError as e:  # unknown task: the env's message names the closest valid ones
         raise ConfigError(str(e)) from None

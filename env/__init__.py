@@ -99,15 +99,23 @@ def make_env(task: str, config: Any, seed: int, distractor: str) -> AgentEnv:
         release_reward=release_compat and suite in ('dmc2gym', 'gymnasium'))
 
 
-def distractor_schedule(task: str, color_distractor: bool) -> dict[str, str]:
+def distractor_schedule(task: str, color_distractor: bool, clean_render: bool = False) -> dict[str, str]:
     """Distractor set per phase (DISWM_SPEC §3 "When the environment switches"); `dreamer.py` switches from the
     `*_1` to the `*_2` sets halfway through training.
 
     DMC / Pusher with `color_distractor`: train and eval both use the train colours, then both the test colours.
     Without it: train on the train colours and evaluate on the test colours throughout.
     DrawerWorld (either way): train on grid, then wood; evaluate on metal.
+    `clean_render` (DMC only, not with `color_distractor`): dm_control's own rendering in every phase.
     """
     suite, _ = split_task(task)
+    if clean_render:
+        if suite != 'dmc2gym':
+            raise ValueError(f'clean_render applies to dmc2gym tasks only, not {task!r}: drop --clean_render.')
+        if color_distractor:
+            raise ValueError('--clean_render True renders without distractors; it cannot be combined with '
+                             '--color_distractor True. Pick one.')
+        return dict.fromkeys(('train_1', 'train_2', 'eval_1', 'eval_2'), 'clean')
     if suite == 'metaworld':
         return {'train_1': 'grid', 'train_2': 'wood', 'eval_1': 'metal', 'eval_2': 'metal'}
     if color_distractor:

@@ -15,6 +15,8 @@ from env.wrappers import config_get
 
 # Seed-stream tag for the colour RNG, so that colours and the task RNG (seeded with the seed itself) differ.
 _COLOR_STREAM = 0xC010
+# The "set" that leaves dm_control's own materials untouched (clean rendering, `--clean_render True`).
+CLEAN_SET = 'clean'
 
 
 def _numpy_compat() -> None:
@@ -55,7 +57,8 @@ class DMCEnv:
       config: reads `size` ([H, W], default 64×64), `camera` (None = `default_camera(domain)`) and `color`
         (`train_base`, `test_base`, `max_delta`, `step_std`; a dict or an attribute object).
       seed: seeds the task RNG (`task_kwargs={'random': seed}`) and, on a separate stream, the colours.
-      distractor: colour set, `train` or `test`.
+      distractor: colour set, `train` or `test`; or `clean` (CLEAN_SET): dm_control's own rendering, every material,
+        the floor and the skybox as the suite defines them, nothing recoloured (the `--clean_render` option).
 
     Colours are redrawn in the current set's box at every `reset()` and take one random-walk step after every
     control step. `terminated` is True only on a true terminal (dm_env LAST with discount 0); dm_control's own
@@ -85,8 +88,10 @@ class DMCEnv:
         self._action_high = np.asarray(spec.maximum, np.float64) * np.ones(spec.shape)
         self.action_size = int(np.prod(spec.shape))
 
-        self.colors = ColorDistractor(self._env.physics, self._boxes[distractor], color_step_std(color_config),
-                                      np.random.default_rng([_COLOR_STREAM, seed]))
+        # The suite's own colours, restored whenever the clean set is on (a switch from a colour set recoloured them).
+        self._own_rgba = np.array(self._env.physics.model.mat_rgba, copy=True)
+        self.colors = ColorDistractor(self._env.physics, self._boxes['train' if distractor == CLEAN_SET else distractor],
+                                      color_step_std(color_config), np.random.default_rng([_COLOR_STREAM, seed]))
 
     @property
     def physics(self):
@@ -108,6 +113,9 @@ class DMCEnv:
 
     def reset(self) -> None:
         self._env.reset()
+        if self._distractor == CLEAN_SET:
+            self.physics.model.mat_rgba[:] = self._own_rgba
+            return
         # After the task's own initialisation, which may touch the model; the new colours must win.
         self.colors.set_box(self._boxes[self._distractor])
         self.colors.reset()
@@ -116,7 +124,8 @@ class DMCEnv:
         action = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
         native = self._action_low + (action + 1.0) / 2.0 * (self._action_high - self._action_low)
         time_step = self._env.step(native)
-        self.colors.step()
+        if self._distractor != CLEAN_SET:
+            self.colors.step()
         last = time_step.last()
         terminated = bool(last and time_step.discount == 0.0)
         truncated = bool(last and not terminated)
@@ -135,9 +144,13 @@ class DMCEnv:
         `material_rgb` (M * 3,) float32, every material's RGB read from the model (what the renderer uses),
         `state` (S,) float32 (see `state_factors`) and `material_coverage` (M,) float32, the fraction of the
         camera's pixels covered by geoms of each material (a segmentation render of the current frame)."""
+        if self._distractor == CLEAN_SET:  # constant: the suite's own material colours
+            color = np.array(self._own_rgba[:, :3], np.float32).ravel()
+        else:
+            color = self.colors.colors
         if not full:
-            return {'color': self.colors.colors}
-        return {'color': self.colors.colors,
+            return {'color': color}
+        return {'color': color,
                 'material_rgb': np.array(self.physics.model.mat_rgba[:, :3], np.float32).ravel(),
                 'state': self.state_factors(),
                 'material_coverage': self.material_coverage()}
@@ -218,5 +231,5 @@ class DMCEnv:
         self._env.physics.free()
 
     def _check_set(self, name: str) -> None:
-        if name not in self._boxes:
-            raise ValueError(f'Unknown colour set {name!r} for DMC; valid: {", ".join(COLOR_SETS)}.')
+        if name not in self._boxes and name != CLEAN_SET:
+            raise ValueError(f'Unknown colour set {name!r} for DMC; valid: {", ".join(COLOR_SETS)}, {CLEAN_SET}.')

@@ -236,3 +236,50 @@ def test_colour_distractor_on_a_raw_mujoco_model_with_fixed_per_episode_colours(
     assert before.shape == (model.nmat * 3,)
     assert not np.allclose(materials.step(), before) and box.contains(materials.colors)
     np.testing.assert_allclose(model.mat_rgba[:, :3].ravel(), materials.colors, atol=1e-7)
+
+
+def _dm_control_frame(physics_state, domain, task, size=64, camera_id=0):
+    """The frame dm_control itself renders for `physics_state` on a freshly loaded (never recoloured) task."""
+    from dm_control import suite
+    reference = suite.load(domain, task, task_kwargs={'random': 99})
+    reference.reset()
+    with reference.physics.reset_context():
+        reference.physics.set_state(physics_state)
+    frame = reference.physics.render(size, size, camera_id=camera_id)
+    reference.physics.free()
+    return frame
+
+
+@pytest.mark.parametrize('name', ['cartpole_balance', 'cheetah_run'])
+def test_clean_render_equals_dm_control(name):
+    """--clean_render: every frame is dm_control's own render of the same physics state, also after a colour set was
+    on (the switch restores the suite's materials)."""
+    domain, task = name.split('_', 1)
+    base = DMCEnv(name, make_config(), seed=0, distractor='clean')
+    try:
+        base.reset()
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            base.step(rng.uniform(-1, 1, base.action_size))
+        frame = base.render()
+        assert np.array_equal(frame, _dm_control_frame(base.physics.get_state(), domain, task))
+        base.set_distractor('train')
+        base.reset()
+        coloured = base.render()
+        assert not np.array_equal(coloured, _dm_control_frame(base.physics.get_state(), domain, task))
+        base.set_distractor('clean')
+        base.reset()
+        base.step(rng.uniform(-1, 1, base.action_size))
+        assert np.array_equal(base.render(), _dm_control_frame(base.physics.get_state(), domain, task))
+        colors = base.factors()['color']
+        assert np.array_equal(colors, np.array(base.physics.model.mat_rgba[:, :3], np.float32).ravel())
+    finally:
+        base.close()
+
+
+def test_clean_render_schedule():
+    assert set(env.distractor_schedule('dmc2gym_cartpole_balance', False, clean_render=True).values()) == {'clean'}
+    with pytest.raises(ValueError, match='cannot be combined'):
+        env.distractor_schedule('dmc2gym_cartpole_balance', True, clean_render=True)
+    with pytest.raises(ValueError, match='dmc2gym tasks only'):
+        env.distractor_schedule('gymnasium_Pusher-v5', False, clean_render=True)
