@@ -4,11 +4,18 @@ DreamerV2 curves; and the small-scale DisWM-vs-DreamerV2 comparison under the co
     python scripts/learning.py                                   # 3 tasks x seed 0, 60k env steps each, then report
     python scripts/learning.py --tasks cartpole_balance --seeds 0,1 --precision 32
     python scripts/learning.py --report_only                     # table + PNG from the runs on disk
-    python scripts/learning.py --dry_run                         # print the dreamer.py commands, run nothing
+    python scripts/learning.py --dry_run                         # print the commands, run nothing
+    python scripts/learning.py --experiment diswm                # the DisWM pipeline at small scale (below)
 
 Runs go to `<root>/<task>/seed_<n>` (one dreamer.py run folder each; rerunning the same command resumes an unfinished
 run and skips a finished one). The report is `<out>/learning_table.md` and `<out>/learning_curves.png` (out defaults
 to root). Published curves: `scripts/reference/dreamerv2_dmc_vision.json` (its `source` names where they come from).
+
+`--experiment diswm` runs the paper's pipeline with the same schedule, under `<root>/diswm/`: videos of finger_spin
+with the colour distractor collected by the finished finger_spin protocol run's checkpoint (`videos/`), a shortened
+stage-1 pretraining (`pretrain/`), then DisWM and DreamerV2 with `--color_distractor True` on `--target`
+(`<target>/<method>/seed_<n>`); its report is `diswm_table.md` and `diswm_curves.png` (returns and the distillation
+terms `distill_loss`, `distill_eta`).
 """
 from __future__ import annotations
 
@@ -47,19 +54,77 @@ PROTOCOL = {
 }
 
 
+# The DisWM experiment: source (video) task and its action size; the target's method-specific flags.
+DISWM_SOURCE, DISWM_SOURCE_ACTIONS = 'finger_spin', 2
+DISWM_METHODS = {
+    'diswm': {'method_name': 'diswm', 'beta_vae': 'True'},
+    'dreamerv2': {'method_name': 'dreamerv2'},
+}
+
+
 def run_dir(root: str, task: str, seed: int) -> str:
     return os.path.join(root, task, f'seed_{seed}')
+
+
+def _dreamer(task: str, flags: dict, args) -> list[str]:
+    cmd = [sys.executable, os.path.join(ROOT, 'dreamer.py'), '--configs', 'defaults', 'dmc2gym',
+           '--task', f'dmc2gym_{task}']
+    for key, value in flags.items():
+        cmd += [f'--{key}', value]
+    return cmd + list(args.extra)
 
 
 def build_command(task: str, seed: int, args) -> list[str]:
     """The dreamer.py command of one protocol run (flags in a fixed order, so reruns are the same command)."""
     flags = dict(PROTOCOL, steps=str(args.steps), precision=args.precision, seed=str(seed), threads=str(args.threads),
                  logdir=run_dir(args.root, task, seed), progress=str(args.progress))
-    cmd = [sys.executable, os.path.join(ROOT, 'dreamer.py'), '--configs', 'defaults', 'dmc2gym',
-           '--task', f'dmc2gym_{task}']
-    for key, value in flags.items():
-        cmd += [f'--{key}', value]
-    return cmd + list(args.extra)
+    return _dreamer(task, flags, args)
+
+
+def diswm_root(args) -> str:
+    return os.path.join(args.root, 'diswm')
+
+
+def diswm_stages(args, seed: int) -> list[tuple[str, str, list[str]]]:
+    """(name, output folder, command) of the DisWM experiment's stages for one seed, in order."""
+    root = diswm_root(args)
+    videos, pretrain = os.path.join(root, 'videos', DISWM_SOURCE), os.path.join(root, 'pretrain', f'seed_{seed}')
+    checkpoint = os.path.join(run_dir(args.root, DISWM_SOURCE, seed), 'checkpoint.pt')
+    stages = [
+        ('videos', videos, [sys.executable, os.path.join(ROOT, 'scripts', 'collect_videos.py'),
+                            '--task', f'dmc2gym_{DISWM_SOURCE}', '--policy', checkpoint,
+                            '--episodes', str(args.video_episodes), '--out', videos, '--seed', str(seed),
+                            '--progress', 'False']),
+        ('pretrain', pretrain, _dreamer(DISWM_SOURCE, {
+            'beta_vae_pretrain': 'True', 'beta_vae': 'True', 'pretrain_action_num': str(DISWM_SOURCE_ACTIONS),
+            'pretrain_datasets_path': videos, 'batch_size': '16', 'batch_length': '50',
+            'pretrain_steps': str(args.pretrain_updates * 16), 'pretrain_save_every': '1000',
+            'precision': args.precision, 'seed': str(seed), 'threads': str(args.threads), 'logdir': pretrain,
+            'progress': str(args.progress)}, args)),
+    ]
+    online = {k: v for k, v in PROTOCOL.items() if k not in ('method_name', 'clean_render')}
+    for method, method_flags in DISWM_METHODS.items():
+        logdir = os.path.join(root, args.target, method, f'seed_{seed}')
+        flags = dict(online, **method_flags, color_distractor='True', steps=str(args.steps),
+                     precision=args.precision, seed=str(seed), threads=str(args.threads), logdir=logdir,
+                     progress=str(args.progress))
+        if method == 'diswm':
+            flags.update(pretrain_checkpoint_path=pretrain, pretrain_action_num=str(DISWM_SOURCE_ACTIONS))
+        stages.append((method, logdir, _dreamer(args.target, flags, args)))
+    return stages
+
+
+def stage_done(name: str, folder: str, args) -> bool:
+    if name == 'videos':
+        return len([f for f in os.listdir(folder) if f.endswith('.npz')]) >= args.video_episodes \
+            if os.path.isdir(folder) else False
+    if name == 'pretrain':
+        try:
+            with open(os.path.join(folder, 'meta.json')) as f:
+                return json.load(f).get('updates', 0) >= args.pretrain_updates
+        except (OSError, ValueError):
+            return False
+    return is_finished(folder, args.steps)
 
 
 def eval_curve(run: str) -> tuple[list[int], list[float]]:
@@ -158,6 +223,80 @@ def plot(found: dict, reference: dict, path: str, max_step: int) -> None:
     os.replace(tmp, path)
 
 
+def diswm_curves(args, seeds) -> dict:
+    """{method: {seed: rows of metrics.jsonl}} of the DisWM experiment's online runs."""
+    found = {}
+    for method in DISWM_METHODS:
+        for seed in seeds:
+            rows, _ = rundata.read_metrics(os.path.join(diswm_root(args), args.target, method, f'seed_{seed}',
+                                                        'metrics.jsonl'))
+            if rows:
+                found.setdefault(method, {})[seed] = rows
+    return found
+
+
+def diswm_table(found: dict) -> str:
+    """Markdown: per method, seed and logged step, the eval return and the distillation terms (where logged)."""
+    lines = ['| method | seed | env steps | eval return | train return | distill_loss | distill_eta |',
+             '|---|---|---|---|---|---|---|']
+    fmt = lambda v: '–' if v is None else f'{v:.4g}'  # noqa: E731
+    for method, runs in found.items():
+        for seed, rows in sorted(runs.items()):
+            columns = {m: dict(zip(*rundata.series(rows, m))) for m in
+                       ('eval_return_average', 'train_return', 'distill_loss', 'distill_eta')}
+            for step in sorted(set().union(*[c.keys() for c in columns.values()])):
+                values = [columns[m].get(step) for m in columns]
+                lines.append(f'| {method} | {seed} | {step // 1000}k | ' + ' | '.join(fmt(v) for v in values) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def diswm_plot(found: dict, path: str, max_step: int) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (ax_ret, ax_loss, ax_eta) = plt.subplots(1, 3, figsize=(12.6, 3.4))
+    for method, runs in found.items():
+        for seed, rows in sorted(runs.items()):
+            label = f'{method} seed {seed}'
+            ax_ret.plot(*rundata.series(rows, 'eval_return_average'), marker='o', ms=3, label=label)
+            if method == 'diswm':
+                ax_loss.plot(*rundata.series(rows, 'distill_loss'), marker='o', ms=3, label=label)
+                ax_eta.plot(*rundata.series(rows, 'distill_eta'), marker='o', ms=3, label=label)
+    for ax, title in ((ax_ret, 'evaluation return (colour distractor)'), (ax_loss, 'distill_loss'),
+                      (ax_eta, 'distill_eta')):
+        ax.set_title(title)
+        ax.set_xlabel('environment steps')
+        ax.set_xlim(0, max_step)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path + '.tmp.png'
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+    with open(path + '.tmp', 'w') as f:
+        f.write(text)
+    os.replace(path + '.tmp', path)
+
+
+def diswm_report(args) -> int:
+    found = diswm_curves(args, args.seeds)
+    if not found:
+        print(f'No DisWM-experiment runs yet under {diswm_root(args)}.')
+        return 1
+    os.makedirs(args.out, exist_ok=True)
+    text = diswm_table(found)
+    write_text(os.path.join(args.out, 'diswm_table.md'), text)
+    diswm_plot(found, os.path.join(args.out, 'diswm_curves.png'), args.steps)
+    print(text)
+    print(f"Table: {os.path.join(args.out, 'diswm_table.md')}\nCurves: {os.path.join(args.out, 'diswm_curves.png')}")
+    return 0
+
+
 def report(args) -> int:
     found = collect(args.root, args.tasks, args.seeds)
     if not found:
@@ -167,9 +306,7 @@ def report(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     table_path = os.path.join(args.out, 'learning_table.md')
     text = table(found, reference)
-    with open(table_path + '.tmp', 'w') as f:
-        f.write(text)
-    os.replace(table_path + '.tmp', table_path)
+    write_text(table_path, text)
     png_path = os.path.join(args.out, 'learning_curves.png')
     plot(found, reference, png_path, args.steps)
     print(text)
@@ -180,6 +317,12 @@ def report(args) -> int:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     words = lambda text: [w for w in text.split(',') if w]  # noqa: E731
+    parser.add_argument('--experiment', default='dreamerv2', choices=['dreamerv2', 'diswm'],
+                        help='dreamerv2: the clean-DMC protocol; diswm: the DisWM pipeline at small scale')
+    parser.add_argument('--target', default='cartpole_balance', help='--experiment diswm: the online task')
+    parser.add_argument('--video_episodes', type=int, default=50, help='--experiment diswm: finger_spin episodes')
+    parser.add_argument('--pretrain_updates', type=int, default=3000,
+                        help='--experiment diswm: stage-1 updates at batch 16 x 50 (the release: 20k at 50 x 50)')
     parser.add_argument('--tasks', type=words, default=list(TASKS), help='DMC tasks without the dmc2gym_ prefix')
     parser.add_argument('--seeds', type=lambda t: [int(s) for s in words(t)], default=[0])
     parser.add_argument('--steps', type=int, default=60_000, help='env steps per run (default 60k)')
@@ -199,23 +342,51 @@ def parse_args(argv=None):
     return args
 
 
+def run_stage(name: str, cmd: list[str], dry_run: bool) -> int:
+    if dry_run:
+        print(' '.join(cmd))
+        return 0
+    print(f'== {name}', flush=True)
+    start = time.time()
+    rc = subprocess.call(cmd, cwd=ROOT, env=dict(os.environ, MUJOCO_GL=os.environ.get('MUJOCO_GL', 'egl')))
+    print(f'== {name}: exit {rc} after {(time.time() - start) / 60:.1f} min', flush=True)
+    return rc
+
+
+def main_diswm(args) -> int:
+    if not args.report_only:
+        for seed in args.seeds:
+            source = run_dir(args.root, DISWM_SOURCE, seed)
+            if not args.dry_run and not os.path.exists(os.path.join(source, 'checkpoint.pt')):
+                print(f'The DisWM experiment collects its videos with the finger_spin protocol run of seed {seed}, '
+                      f'which has no checkpoint yet: run  python scripts/learning.py --tasks {DISWM_SOURCE} '
+                      f'--seeds {seed} --root {args.root}  first.')
+                return 2
+            for name, folder, cmd in diswm_stages(args, seed):
+                if not args.dry_run and stage_done(name, folder, args):
+                    print(f'{name} seed {seed}: done ({folder}); skipped.')
+                    continue
+                rc = run_stage(f'{name} seed {seed}: {folder}', cmd, args.dry_run)
+                if rc != 0:
+                    return rc
+        if args.dry_run:
+            return 0
+    return diswm_report(args)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.experiment == 'diswm':
+        return main_diswm(args)
     if not args.report_only:
         for task in args.tasks:
             for seed in args.seeds:
                 cmd = build_command(task, seed, args)
                 folder = run_dir(args.root, task, seed)
-                if args.dry_run:
-                    print(' '.join(cmd))
-                    continue
-                if is_finished(folder, args.steps):
+                if not args.dry_run and is_finished(folder, args.steps):
                     print(f'{task} seed {seed}: finished ({folder}); skipped.')
                     continue
-                print(f'== {task} seed {seed}: {folder}', flush=True)
-                start = time.time()
-                rc = subprocess.call(cmd, cwd=ROOT, env=dict(os.environ, MUJOCO_GL=os.environ.get('MUJOCO_GL', 'egl')))
-                print(f'== {task} seed {seed}: exit {rc} after {(time.time() - start) / 60:.1f} min', flush=True)
+                rc = run_stage(f'{task} seed {seed}: {folder}', cmd, args.dry_run)
                 if rc != 0:
                     return rc
         if args.dry_run:

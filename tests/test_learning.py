@@ -95,3 +95,47 @@ def test_table_and_plot_from_metrics_files(tmp_path):
 def test_report_without_runs_says_so(tmp_path, capsys):
     assert learning.main(['--root', str(tmp_path), '--report_only']) == 1
     assert 'No evaluations yet' in capsys.readouterr().out
+
+
+def test_diswm_experiment_stages(tmp_path):
+    """Videos from the finger_spin protocol run's checkpoint, a shortened stage 1, then DisWM and DreamerV2 under the
+    colour distractor with the protocol's schedule; DisWM loads the stage-1 model it just trained."""
+    root = str(tmp_path)
+    args = learning.parse_args(['--experiment', 'diswm', '--root', root, '--pretrain_updates', '500',
+                                '--video_episodes', '7'])
+    stages = learning.diswm_stages(args, seed=2)
+    assert [name for name, _, _ in stages] == ['videos', 'pretrain', 'diswm', 'dreamerv2']
+    videos, pretrain = stages[0][1], stages[1][1]
+    collect = stages[0][2]
+    assert collect[collect.index('--policy') + 1] == os.path.join(root, 'finger_spin', 'seed_2', 'checkpoint.pt')
+    assert collect[collect.index('--episodes') + 1] == '7' and collect[collect.index('--out') + 1] == videos
+    stage1 = resolved(stages[1][2])
+    assert stage1.beta_vae_pretrain and stage1.pretrain_datasets_path == videos and stage1.logdir == pretrain
+    assert stage1.pretrain_steps // stage1.batch_size == 500 and stage1.pretrain_action_num == 2
+    diswm, dreamerv2 = resolved(stages[2][2]), resolved(stages[3][2])
+    assert diswm.method_name == 'diswm' and diswm.beta_vae and diswm.pretrain_checkpoint_path == pretrain
+    assert dreamerv2.method_name == 'dreamerv2' and not dreamerv2.beta_vae
+    for config in (diswm, dreamerv2):
+        assert config.task == 'dmc2gym_cartpole_balance' and config.color_distractor and not config.clean_render
+        assert (config.batch_size, config.train_every, config.steps, config.seed) == (16, 5, 60_000, 2)
+    assert not learning.stage_done('pretrain', pretrain, args)
+    os.makedirs(pretrain)
+    with open(os.path.join(pretrain, 'meta.json'), 'w') as f:
+        json.dump({'updates': 500}, f)
+    assert learning.stage_done('pretrain', pretrain, args)
+    # Without the source run's checkpoint nothing starts, and the message names the command that makes it.
+    assert learning.main(['--experiment', 'diswm', '--root', root]) == 2
+
+
+def test_diswm_report_reads_distillation_terms(tmp_path):
+    root = str(tmp_path)
+    base = os.path.join(root, 'diswm', 'cartpole_balance')
+    write_metrics(os.path.join(base, 'diswm', 'seed_0'), [
+        {'step': 10_000, 'distill_loss': 2.0, 'distill_eta': 0.1, 'train_return': 50.0},
+        {'step': 10_000, 'eval_return_average': 120.0}])
+    write_metrics(os.path.join(base, 'dreamerv2', 'seed_0'), [{'step': 10_000, 'eval_return_average': 90.0}])
+    assert learning.main(['--experiment', 'diswm', '--root', root, '--report_only']) == 0
+    text = open(os.path.join(root, 'diswm_table.md')).read()
+    assert '| diswm | 0 | 10k | 120 | 50 | 2 | 0.1 |' in text
+    assert '| dreamerv2 | 0 | 10k | 90 | – | – | – |' in text
+    assert open(os.path.join(root, 'diswm_curves.png'), 'rb').read(4) == b'\x89PNG'
