@@ -58,6 +58,10 @@ def configure_torch(config) -> None:
         torch.set_num_threads(config.threads)
     if str(config.device).startswith('cuda') and not torch.cuda.is_available():
         raise ConfigError(f"--device {config.device} requested but CUDA is not available: use --device cpu.")
+    if config.precision == 'bf16' and str(config.device) == 'cpu' and not tools.cpu_has_native_bf16():
+        print('Warning: --precision bf16 on a CPU without hardware bf16 (no AVX-512 BF16 / AMX): oneDNN emulates it '
+              'and updates run ~15x slower than fp32 (docs/benchmarks.md). Use --precision 32 on this machine.',
+              file=sys.stderr)
     if str(config.device).startswith('cuda') and config.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

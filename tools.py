@@ -266,6 +266,17 @@ def autocast(config):
     return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (x86 AVX-512 BF16 or AMX; read from /proc/cpuinfo on Linux).
+    Without it oneDNN emulates bf16 and a CPU update is ~15x slower than fp32 (docs/benchmarks.md)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {'avx512_bf16', 'amx_bf16'})
+
+
 def keep_freed_memory(enabled: bool = True) -> bool:
     """Make glibc's malloc keep freed blocks in the process instead of handing them back to the OS.
 

@@ -28,6 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+sys.path.insert(0, ROOT)
 
 import rundata  # noqa: E402
 
@@ -36,7 +37,8 @@ TASKS = ('cartpole_balance', 'finger_spin', 'cheetah_run')
 
 # The official DreamerV2 DMC-vision schedule on this project's default model: batch 16 x 50, one update every 5 agent
 # steps, action repeat 2, 1000 prefill agent steps and 100 updates at the first training call, evaluation every 10k
-# env steps with 10 episodes; clean rendering (no distractor), as in the published runs. The dmc2gym preset's other
+# env steps with 10 episodes; clean rendering (no distractor), as in the published runs. Training metrics (losses,
+# actor entropy and gradient norms, imagined returns) are averaged every 2500 env steps. The dmc2gym preset's other
 # values (reward_scale 2, LayerNorm GRU, time limit 1000) stay: they are this project's DMC setting.
 PROTOCOL = {
     'method_name': 'dreamerv2',
@@ -50,7 +52,7 @@ PROTOCOL = {
     'pretrain': '100',
     'eval_every': '1e4',
     'eval_episodes': '10',
-    'log_every': '1e4',
+    'log_every': '2500',
 }
 
 
@@ -326,7 +328,8 @@ def parse_args(argv=None):
     parser.add_argument('--tasks', type=words, default=list(TASKS), help='DMC tasks without the dmc2gym_ prefix')
     parser.add_argument('--seeds', type=lambda t: [int(s) for s in words(t)], default=[0])
     parser.add_argument('--steps', type=int, default=60_000, help='env steps per run (default 60k)')
-    parser.add_argument('--precision', default='bf16', choices=['32', 'bf16', '16'])
+    parser.add_argument('--precision', default='auto', choices=['auto', '32', 'bf16', '16'],
+                        help='auto: bf16 where the CPU has hardware bf16 (AVX-512 BF16 / AMX), else 32')
     parser.add_argument('--threads', type=int, default=2, help='torch threads per run')
     parser.add_argument('--root', default='runs/learning', help='folder of the run folders')
     parser.add_argument('--out', default=None, help='folder for the table and PNG (default: --root)')
@@ -339,6 +342,9 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f'no published curves for {", ".join(unknown)}; known: {", ".join(load_reference())}')
     args.out = args.out or args.root
+    if args.precision == 'auto':
+        import tools
+        args.precision = 'bf16' if tools.cpu_has_native_bf16() else '32'
     return args
 
 

@@ -66,3 +66,15 @@ def test_video_model_update_follows_precision():
         losses[precision] = float(models.video_model_update(wm, opt, data, 0)['image_loss'])
     assert losses['32'] != losses['bf16']
     assert abs(losses['bf16'] - losses['32']) < 0.02 * abs(losses['32'])
+
+
+def test_bf16_on_a_cpu_without_hardware_bf16_warns(monkeypatch, capsys):
+    """oneDNN emulates bf16 on CPUs without AVX-512 BF16 / AMX (~15x slower than fp32): the run says so at start."""
+    import dreamer
+    config = tools.make_config(['--configs', 'defaults', '--precision', 'bf16', '--device', 'cpu', '--logdir', 'x'])
+    monkeypatch.setattr(tools, 'cpu_has_native_bf16', lambda: False)
+    dreamer.configure_torch(config)
+    assert 'without hardware bf16' in capsys.readouterr().err
+    monkeypatch.setattr(tools, 'cpu_has_native_bf16', lambda: True)
+    dreamer.configure_torch(config)
+    assert 'without hardware bf16' not in capsys.readouterr().err
