@@ -32,12 +32,116 @@ MODEL_KEYS = ('method_name', 'beta_vae', 'z_dim', 'dyn_stoch', 'dyn_deter', 'dyn
 # --------------------------------------------------------------------------------------------------------------------
 # Run folder
 # --------------------------------------------------------------------------------------------------------------------
-def prepare_logdir(config) -> str:
+# Keys a later start of a run may change (each change is recorded in <logdir>/resumes.jsonl); every other key defines
+# the run and must equal the value in its config.yaml.
+RESUMABLE_KEYS = frozenset({
+    'steps', 'threads', 'device', 'precision', 'compile', 'tf32', 'malloc_cache', 'deterministic', 'progress',
+    'tensorboard', 'tensorboard_video', 'wandb', 'log_every', 'logdir', 'logdir_timestamp', 'eval_videos',
+    'checkpoint_every', 'keep_checkpoints', 'pretrain_steps', 'pretrain_save_every', 'model_memory_fraction'})
+FINISHED_FILE = 'finished.json'   # written when training reached --steps (after the final checkpoint)
+_RUN_LOCK: dict = {}               # logdir -> open lock file, held for the life of the process
+
+
+def _plain(config) -> dict:
+    return json.loads(json.dumps(config.to_dict()))
+
+
+def run_changes(logdir: str, config) -> tuple[list[str], dict]:
+    """Compares `config` with the run's stored config.yaml (read-only). Returns the differing run-defining keys as
+    message lines and the changed resumable keys as {key: [stored, now]}. Keys present on one side only (written by
+    another version of the code) are not compared."""
+    path = os.path.join(logdir, 'config.yaml')
+    if not os.path.exists(path):
+        return [], {}
+    from ruamel.yaml import YAML
+    try:
+        with open(path) as f:
+            stored = YAML(typ='safe', pure=True).load(f)
+    except Exception as e:
+        raise ConfigError(f"'{path}' is unreadable ({e}); the run folder is damaged: use a new --logdir.") from None
+    now = _plain(config)
+    conflicts, resumable = [], {}
+    for key in sorted(set(stored or {}) & set(now)):
+        if stored[key] == now[key]:
+            continue
+        if key in RESUMABLE_KEYS:
+            resumable[key] = [stored[key], now[key]]
+        else:
+            conflicts.append(f'  --{key}: the run has {stored[key]!r}, this command {now[key]!r}')
+    return conflicts, resumable
+
+
+def check_run_identity(config) -> dict:
+    """Stops (before anything is written) when the command would change what the run in --logdir is."""
     if not config.logdir:
         raise ConfigError('--logdir is required (the run folder; rerunning with the same folder resumes).')
-    logdir = config.logdir
+    conflicts, resumable = run_changes(config.logdir, config)
+    if conflicts:
+        raise ConfigError(f"--logdir '{config.logdir}' holds a different run; these settings differ from its "
+                          f"config.yaml:\n" + '\n'.join(conflicts) +
+                          '\nNothing was changed. Start a new run with another --logdir, or rerun with the '
+                          "run's own settings to resume it.")
+    return resumable
+
+
+def lock_run_folder(logdir: str) -> None:
+    """Exclusive lock on `<logdir>/.run.lock` for the life of this process (the OS releases it when the process
+    dies); a second process on the same folder stops at once, naming the first."""
+    import fcntl
+    key = os.path.realpath(logdir)
+    if key in _RUN_LOCK:
+        return
+    f = open(os.path.join(logdir, '.run.lock'), 'a+')
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or 'another process'
+        f.close()
+        raise ConfigError(f"--logdir '{logdir}' is in use by {owner}. Wait for it to finish or stop it; a second "
+                          f"process must not write into the same run folder.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {os.uname().nodename}\n')
+    f.flush()
+    _RUN_LOCK[key] = f
+
+
+def remove_stale_temp_files(logdir: str) -> int:
+    """Deletes `*.tmp*` files that killed or failed atomic writes left behind (only called under the run lock)."""
+    removed = 0
+    for folder, _, files in os.walk(logdir):
+        for name in files:
+            if '.tmp' in name:
+                try:
+                    os.remove(os.path.join(folder, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+def finished_run(config) -> dict | None:
+    """The run's finished.json when it already trained to at least --steps (read-only), else None."""
+    path = os.path.join(config.logdir, FINISHED_FILE)
+    try:
+        with open(path) as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return done if done.get('env_steps', -1) >= config.steps else None
+
+
+def prepare_logdir(config, check_identity: bool = True) -> str:
+    """Validates the run folder, then takes it: identity against config.yaml (nothing written on a mismatch), the
+    process lock, stale temp files removed, config.yaml written (first start) or the changed resumable keys recorded
+    in resumes.jsonl (later starts)."""
+    if not config.logdir:
+        raise ConfigError('--logdir is required (the run folder; rerunning with the same folder resumes).')
     if config.logdir_timestamp:
-        logdir = os.path.join(logdir, tools.timestamp())
+        config.logdir = os.path.join(config.logdir, tools.timestamp())
+    resumable = check_run_identity(config) if check_identity else {}
+    logdir = config.logdir
     try:
         os.makedirs(logdir, exist_ok=True)
         probe = os.path.join(logdir, f'.write_test{os.getpid()}')
@@ -46,8 +150,19 @@ def prepare_logdir(config) -> str:
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"Cannot write to --logdir '{logdir}' ({e.strerror}): choose a writable folder.") from None
-    config.logdir = logdir
-    tools.save_config(config, os.path.join(logdir, 'config.yaml'))
+    lock_run_folder(logdir)
+    removed = remove_stale_temp_files(logdir)
+    if removed:
+        print(f'Removed {removed} temporary file(s) left by an earlier crash in {logdir}.')
+    config_path = os.path.join(logdir, 'config.yaml')
+    if os.path.exists(config_path) and check_identity:
+        if resumable:
+            line = json.dumps({'time': tools.timestamp(), 'changed': resumable})
+            with open(os.path.join(logdir, 'resumes.jsonl'), 'a') as f:
+                f.write(line + '\n')
+            print('Resuming with changed settings: ' +
+                  ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in resumable.items()))
+    tools.save_config(config, config_path)
     return logdir
 
 
@@ -56,8 +171,6 @@ def configure_torch(config) -> None:
     tools.keep_freed_memory(config.malloc_cache)
     if config.threads:
         torch.set_num_threads(config.threads)
-    if str(config.device).startswith('cuda') and not torch.cuda.is_available():
-        raise ConfigError(f"--device {config.device} requested but CUDA is not available: use --device cpu.")
     if config.precision == 'bf16' and str(config.device) == 'cpu' and not tools.cpu_has_native_bf16():
         print('Warning: --precision bf16 on a CPU without hardware bf16 (no AVX-512 BF16 / AMX): oneDNN emulates it '
               'and updates run ~15x slower than fp32 (docs/benchmarks.md). Use --precision 32 on this machine.',
@@ -209,11 +322,17 @@ def save_checkpoint(path: str, agent, counters: dict, replay, config) -> None:
     }, path)
 
 
-def load_checkpoint(path: str, agent, replay) -> dict:
+def read_checkpoint(path: str, device='cpu') -> dict:
     try:
-        state = torch.load(path, map_location=agent.config.device, weights_only=False)
+        return torch.load(path, map_location=device, weights_only=False)
     except Exception as e:
-        raise ConfigError(f"Checkpoint '{path}' is unreadable ({e}); delete it to restart the run.") from None
+        raise ConfigError(f"Checkpoint '{path}' is unreadable ({type(e).__name__}: {str(e)[:200]}); delete it to "
+                          f"restart the run, or restore it from a --keep_checkpoints snapshot.") from None
+
+
+def load_checkpoint(path: str, agent, replay, state: dict | None = None) -> dict:
+    """Loads a checkpoint (or its already read `state`) into `agent` (and the replay's sampling RNG)."""
+    state = read_checkpoint(path, agent.config.device) if state is None else state
     agent.load_state_dict(state['agent'])
     agent.load_optimizer_state(state['optimizers'])
     agent.updates = state['counters'].get('updates', 0)
@@ -221,6 +340,33 @@ def load_checkpoint(path: str, agent, replay) -> dict:
     if replay is not None:
         replay.rng.bit_generator.state = state['replay_rng']
     return state['counters']
+
+
+def set_aside_episodes(train_dir: str, last_episode: str | None, to: str) -> int:
+    """Moves the episode files named after `last_episode` (names sort by time) out of `train_dir` into `to`."""
+    import replay as replay_lib
+    if not last_episode or not os.path.isdir(train_dir):
+        return 0
+    later = [p for p in replay_lib.list_episodes(train_dir, recursive=False) if os.path.basename(p) > last_episode]
+    if later:
+        os.makedirs(to, exist_ok=True)
+        for path in later:
+            os.replace(path, os.path.join(to, os.path.basename(path)))
+    return len(later)
+
+
+def keep_snapshot(path: str, snapshot: str) -> None:
+    """A numbered copy of the checkpoint just written (a hard link where the file system allows: no extra space
+    until the next checkpoint replaces `path`)."""
+    import shutil
+    os.makedirs(os.path.dirname(snapshot), exist_ok=True)
+    if os.path.exists(snapshot):
+        os.remove(snapshot)
+    try:
+        os.link(path, snapshot)
+    except OSError:
+        shutil.copyfile(path, snapshot + '.tmp')
+        os.replace(snapshot + '.tmp', snapshot)
 
 
 def evaluate(agent, eval_envs, config, logger, episodes: int, video_dir: str | None = None):
@@ -272,6 +418,14 @@ def train(config) -> None:
     from tqdm import tqdm
 
     schedule = distractor_schedule(config)  # validates the task before anything is written
+    check_run_identity(config)
+    done = finished_run(config)
+    if done:
+        print(f"Run complete: {config.logdir} trained to {done['env_steps']} env steps ({done['updates']} updates; "
+              f"--steps {config.steps}). Nothing to do.\n  metrics:    {os.path.join(config.logdir, 'metrics.jsonl')}"
+              f"\n  checkpoint: {os.path.join(config.logdir, 'checkpoint.pt')}\n"
+              f"Pass a larger --steps to train on.")
+        return
     logdir = prepare_logdir(config)
     configure_torch(config)
     train_dir, eval_dir = os.path.join(logdir, 'train_eps'), os.path.join(logdir, 'eval_eps')
@@ -281,6 +435,14 @@ def train(config) -> None:
     total_steps = config.steps // repeat
     switch_step = total_steps // 2 if config.color_distractor or config.task.startswith('metaworld_') else None
 
+    saved_state = read_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
+    if saved_state is not None:
+        # Episodes finished after the checkpoint was written: their steps and updates are not in the loaded weights.
+        moved = set_aside_episodes(train_dir, saved_state['counters'].get('last_episode'),
+                                   os.path.join(logdir, 'train_eps_after_checkpoint'))
+        if moved:
+            print(f'{moved} episode(s) finished after the last checkpoint were moved to train_eps_after_checkpoint/ '
+                  f'so that the replay and the step count match the loaded weights.')
     replay = replay_lib.Replay(config.dataset_size or None, seed=config.seed)
     episodes, _ = replay_lib.load_episodes(train_dir, limit_steps=config.dataset_size or None)
     for ep in episodes:
@@ -294,8 +456,9 @@ def train(config) -> None:
     # Wall-clock seconds spent on env stepping, updates and evaluation (cumulative over resumes; logged as time_*).
     counters = {'step': step, 'updates': 0, 'episodes': len(episodes), 'time_env': 0.0, 'time_update': 0.0,
                 'time_eval': 0.0}
-    if os.path.exists(ckpt_path):
-        saved = load_checkpoint(ckpt_path, agent, replay)
+    if saved_state is not None:
+        saved = load_checkpoint(ckpt_path, agent, replay, saved_state)
+        del saved_state
         counters['updates'] = saved.get('updates', 0)
         for key in ('time_env', 'time_update', 'time_eval'):
             counters[key] = saved.get(key, 0.0)
@@ -317,6 +480,7 @@ def train(config) -> None:
     pretrained_updates = counters['updates'] > 0
     fps_time, fps_step = time.time(), step
     last_return = float('nan')
+    last_save = time.time()
 
     def switch_if_due():
         nonlocal phase
@@ -332,7 +496,7 @@ def train(config) -> None:
     def finish_episode(rec):
         nonlocal last_return
         ep = rec.episode()
-        replay_lib.save_episode(train_dir, ep)
+        counters['last_episode'] = os.path.basename(replay_lib.save_episode(train_dir, ep))
         replay.add_episode(ep)
         counters['episodes'] += 1
         last_return = rec.score
@@ -344,6 +508,7 @@ def train(config) -> None:
     bar = tqdm(total=total_steps, initial=min(step, total_steps), unit='step', dynamic_ncols=True,
                disable=not config.progress, desc='train')
     collector = Collector(train_envs)
+    guard = tools.FiniteGuard(config.device, skip_grad_norms=config.precision == '16')
     prefetcher = None
     act = random_policy(action_size, rng)
     if prefill:
@@ -351,13 +516,18 @@ def train(config) -> None:
     while counters['step'] < total_steps:
         policy = act if counters['step'] < step + prefill else agent.policy
         tick = time.perf_counter()
-        for _, rec in collector.step(policy, training=True):
+        finished = collector.step(policy, training=True)
+        for _, rec in finished:
             finish_episode(rec)
             bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{(counters["step"] - fps_step) * repeat / max(time.time() - fps_time, 1e-6):.0f}')
         counters['time_env'] += time.perf_counter() - tick
         counters['step'] += config.envs
         bar.update(config.envs)
         switch_if_due()
+        if finished and time.time() - last_save >= config.checkpoint_every * 60 and counters['step'] < total_steps:
+            guard.check()
+            save_checkpoint(ckpt_path, agent, counters, replay, config)   # right after an episode was written
+            last_save = time.time()
         if counters['step'] < step + prefill:
             last_train = counters['step']
             continue
@@ -371,6 +541,7 @@ def train(config) -> None:
             for _ in range(n):
                 batch = prefetcher.next() if prefetcher else replay.sample(config.batch_size, config.batch_length)
                 metrics = agent.update(batch, counters['step'])
+                guard.watch(metrics, agent.updates)
                 logger.scalars(metrics)
                 if prefetcher is None and str(config.device).startswith('cuda'):
                     # On a GPU the next batch is sampled, pinned and copied in a background thread while the
@@ -382,6 +553,8 @@ def train(config) -> None:
             last_train += due * config.train_every
 
         env_step = counters['step'] * repeat
+        if env_step >= next_log or env_step >= next_eval or counters['step'] >= total_steps:
+            guard.check()   # before anything is logged or saved from this state
         if env_step >= next_log:
             next_log += config.log_every
             now = time.time()
@@ -406,10 +579,17 @@ def train(config) -> None:
                 msg += f", success {row['eval_success_rate']:.2f}"
             bar.write(msg)
             save_checkpoint(ckpt_path, agent, counters, replay, config)
+            last_save = time.time()
+            if config.keep_checkpoints:
+                keep_snapshot(ckpt_path, os.path.join(logdir, 'checkpoints', f'checkpoint_{env_step:09d}.pt'))
     bar.close()
     if prefetcher is not None:
         prefetcher.close()
+    guard.check()
     logger.write(counters['step'] * repeat, echo=False)
+    tools.atomic_write_bytes(os.path.join(logdir, FINISHED_FILE), json.dumps(dict(
+        env_steps=counters['step'] * repeat, agent_steps=counters['step'], updates=agent.updates,
+        episodes=counters['episodes'], time=tools.timestamp())).encode())
     logger.close()
     train_envs.close()
     eval_envs.close()
@@ -428,7 +608,7 @@ def evaluate_only(config) -> None:
     if not config.checkpoint or not os.path.exists(config.checkpoint):
         raise ConfigError(f"--mode eval needs --checkpoint PATH to a run's checkpoint.pt (got {config.checkpoint!r}).")
     schedule = distractor_schedule(config)
-    logdir = prepare_logdir(config)
+    logdir = prepare_logdir(config, check_identity=False)
     configure_torch(config)
     if config.eval_distractor not in schedule:
         raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
@@ -556,6 +736,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         config = tools.make_config(argv)
+        tools.check_device(config)   # before any file is written
         if config.beta_vae_pretrain:
             pretrain_video(config)
         elif config.vid2act_pretrain:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import errno
 import io
 import json
 import os
@@ -225,7 +226,26 @@ def finalize_config(config: Config) -> Config:
         raise ConfigError(f"--precision must be 32, bf16 or 16, got '{config.precision}'.")
     if config.batch_size < 1 or config.batch_length < 2:
         raise ConfigError('--batch_size must be >= 1 and --batch_length >= 2.')
+    for key, low in POSITIVE_KEYS.items():
+        value = config.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < low):
+            raise ConfigError(f'--{key} must be a number >= {low}, got {value!r}.')
+    if config.mode == 'train' and not (config.beta_vae_pretrain or config.vid2act_pretrain):
+        if config.steps // config.action_repeat <= config.prefill:
+            print(f'Warning: --steps {config.steps} ({config.steps // config.action_repeat} agent steps) is not above '
+                  f'--prefill {config.prefill} agent steps: the run collects random episodes and trains nothing.',
+                  file=sys.stderr)
     return config
+
+
+# Counts and sizes with their smallest valid value (checked once, in finalize_config).
+POSITIVE_KEYS = {
+    'steps': 1, 'eval_every': 1, 'log_every': 1, 'eval_episodes': 1, 'action_repeat': 1, 'envs': 1,
+    'time_limit': 1, 'train_every': 1, 'train_steps': 1, 'pretrain': 0, 'prefill': 0, 'dataset_size': 0,
+    'threads': 0, 'checkpoint_every': 1e-3, 'pretrain_steps': 1, 'pretrain_save_every': 1, 'imag_horizon': 1,
+    'dyn_stoch': 1, 'dyn_deter': 1, 'dyn_hidden': 1, 'cnn_depth': 1, 'units': 1, 'z_dim': 1, 'model_lr': 0,
+    'actor_lr': 0, 'value_lr': 0, 'grad_clip': 0, 'eval_videos': 0, 'slow_target_update': 1,
+}
 
 
 def save_config(config: Config, path: str) -> None:
@@ -242,11 +262,23 @@ def save_config(config: Config, path: str) -> None:
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Writes via a temp file + rename so a crash never leaves a half-written file behind."""
     tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if e.errno == errno.ENOSPC:
+            raise ConfigError(f"No space left on the device of '{os.path.dirname(path) or '.'}' while writing "
+                              f"{os.path.basename(path)} ({len(data) / 2 ** 20:.1f} MiB needed); the partial file "
+                              f"was removed and the previous version kept. Free space or choose another "
+                              f"folder.") from None
+        raise
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
@@ -264,6 +296,12 @@ def autocast(config):
     device = 'cuda' if str(config.device).startswith('cuda') else 'cpu'
     dtype = {'bf16': torch.bfloat16, '16': torch.float16}.get(str(config.precision))
     return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
+
+
+def check_device(config) -> None:
+    """Stops with one message (before any file is written) when the config asks for a GPU this machine lacks."""
+    if str(config.device).startswith('cuda') and not torch.cuda.is_available():
+        raise ConfigError(f"--device {config.device} requested but CUDA is not available: use --device cpu.")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -441,6 +479,46 @@ def distill_weight(step: int, cfg) -> float:
 # --------------------------------------------------------------------------------------------------------------------
 # Optimisation helpers
 # --------------------------------------------------------------------------------------------------------------------
+class FiniteGuard:
+    """Stops a run at the first non-finite loss (`*_loss`) or gradient norm (`*_grad_norm`) among an update's metrics.
+
+    On a CPU every update is checked at once (reading a scalar costs nothing there). On a GPU the flags stay on the
+    device (no host sync per update) and `check()`, called before every log write and every save, raises for the
+    first bad update since the last check; nothing is saved from that state. With fp16 (`skip_grad_norms`) the grad
+    scaler skips overflowing steps itself, so only the losses are checked.
+    """
+
+    def __init__(self, device: str, skip_grad_norms: bool = False):
+        self.each_update = not str(device).startswith('cuda')
+        self.skip_grad_norms = skip_grad_norms
+        self.pending = []
+
+    def watch(self, metrics: dict, update: int) -> None:
+        names = [k for k, v in metrics.items() if torch.is_tensor(v) and (
+            k.endswith('_loss') or (k.endswith('_grad_norm') and not self.skip_grad_norms))]
+        if not names:
+            return
+        values = torch.stack([metrics[k].detach().float().reshape(-1)[0] for k in names])
+        self.pending.append((update, names, values))
+        if self.each_update:
+            self.check()
+
+    def check(self) -> None:
+        pending, self.pending = self.pending, []
+        for update, names, values in pending:
+            finite = torch.isfinite(values).tolist()
+            if not all(finite):
+                bad = [f'{name} = {value:g}' for name, value, ok in zip(names, values.tolist(), finite) if not ok]
+                raise NonFiniteError(
+                    f"Non-finite {', '.join(bad)} at update {update}. The run stopped without saving anything from "
+                    f"this state (the last checkpoint on disk is from before it). Common fixes: a lower learning rate "
+                    f"(--model_lr, --actor_lr, --value_lr), --grad_clip, or --precision 32.")
+
+
+class NonFiniteError(ConfigError):
+    """A loss or gradient norm became NaN or infinite (see FiniteGuard)."""
+
+
 class Optimizer:
     """Adam with gradient clipping over a fixed parameter list; `step(loss)` returns the grad norm tensor.
 
@@ -633,9 +711,14 @@ def offline_updates(config, logger, start: int, total: int, update_fn, save_fn, 
     bar = tqdm(range(start, total), initial=start, total=total, unit='upd', disable=not config.progress, desc=desc,
                dynamic_ncols=True)
     tic, tic_update = time.time(), start
+    guard = FiniteGuard(config.device, skip_grad_norms=str(config.precision) == '16')
     for update in bar:
-        logger.scalars(update_fn(update))
+        metrics = update_fn(update)
         done = update + 1
+        guard.watch(metrics, done)
+        logger.scalars(metrics)
+        if done % log_every == 0 or done == total or done % config.pretrain_save_every == 0:
+            guard.check()
         if done % log_every == 0 or done == total:
             now = time.time()
             logger.scalar('updates_per_second', (done - tic_update) / max(now - tic, 1e-6))

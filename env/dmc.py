@@ -90,8 +90,9 @@ class DMCEnv:
 
         # The suite's own colours, restored whenever the clean set is on (a switch from a colour set recoloured them).
         self._own_rgba = np.array(self._env.physics.model.mat_rgba, copy=True)
-        self.colors = ColorDistractor(self._env.physics, self._boxes['train' if distractor == CLEAN_SET else distractor],
-                                      color_step_std(color_config), np.random.default_rng([_COLOR_STREAM, seed]))
+        first_box = self._boxes['train' if distractor == CLEAN_SET else distractor]
+        self.colors = ColorDistractor(self._env.physics, first_box, color_step_std(color_config),
+                                      np.random.default_rng([_COLOR_STREAM, seed]))
 
     @property
     def physics(self):

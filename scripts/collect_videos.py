@@ -109,6 +109,7 @@ def parse_args(argv: list[str]):
     for key, values in pairs:
         config_argv += [f'--{key}', *values]
     config = tools.make_config(config_argv)
+    tools.check_device(config)
     return args, config, explicit
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tools
-from helpers import ROOT, load_script
+from helpers import load_script
 
 learning = load_script('learning')
 

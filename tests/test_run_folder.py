@@ -1,0 +1,164 @@
+"""A run folder that cannot be corrupted (subprocesses, as a user runs dreamer.py): identity check on resume, one
+process per folder, finished runs stay finished, non-finite values stop the run, bad values get one message."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import tools
+from helpers import ROOT, run_dreamer
+
+# A tiny cartpole run: the debug preset's schedule, shortened further (100-step episodes, 60 prefill agent steps).
+TINY = ['--configs', 'defaults', 'dmc2gym', 'debug', '--task', 'dmc2gym_cartpole_balance', '--seed', '0',
+        '--threads', '1', '--progress', 'False', '--tensorboard', 'False', '--time_limit', '100', '--prefill', '60',
+        '--eval_every', '200', '--eval_episodes', '1', '--log_every', '100']
+
+
+def digest(folder):
+    """Name -> sha256 of every file under `folder` (the lock file's owner line aside)."""
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            if name != '.run.lock':
+                with open(os.path.join(base, name), 'rb') as f:
+                    out[os.path.relpath(os.path.join(base, name), folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+    logdir = str(tmp_path_factory.mktemp('run') / 'run')
+    proc = run_dreamer(TINY + ['--logdir', logdir, '--steps', '300'])
+    assert 'Done' in proc.stdout
+    return logdir
+
+
+def test_finished_run_rerun_changes_nothing(finished_run):
+    done = json.load(open(os.path.join(finished_run, 'finished.json')))
+    assert done['env_steps'] >= 300 and done['updates'] > 0
+    before = digest(finished_run)
+    for _ in range(3):
+        proc = run_dreamer(TINY + ['--logdir', finished_run, '--steps', '300'])
+        assert 'Run complete' in proc.stdout and 'metrics.jsonl' in proc.stdout
+    assert digest(finished_run) == before
+
+
+def test_conflicting_rerun_leaves_the_run_untouched(finished_run):
+    before = digest(finished_run)
+    proc = run_dreamer(TINY + ['--logdir', finished_run, '--steps', '300', '--seed', '1', '--task',
+                               'dmc2gym_reacher_easy'], check=False)
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert "--seed: the run has 0, this command 1" in err
+    assert "--task: the run has 'dmc2gym_cartpole_balance', this command 'dmc2gym_reacher_easy'" in err
+    assert 'another --logdir' in err and 'Traceback' not in err
+    assert digest(finished_run) == before
+    if not __import__('torch').cuda.is_available():
+        proc = run_dreamer(TINY + ['--logdir', finished_run, '--steps', '900', '--device', 'cuda'], check=False)
+        assert proc.returncode == 2 and 'CUDA is not available' in proc.stderr
+        assert digest(finished_run) == before
+
+
+def test_resumable_change_is_recorded_and_training_goes_on(tmp_path):
+    logdir = str(tmp_path / 'run')
+    run_dreamer(TINY + ['--logdir', logdir, '--steps', '200'])
+    with open(os.path.join(logdir, 'checkpoint.pt.tmp999'), 'wb') as f:   # left by a killed save
+        f.write(b'x' * 100)
+    proc = run_dreamer(TINY + ['--logdir', logdir, '--steps', '400', '--log_every', '200'])
+    assert 'Removed 1 temporary file' in proc.stdout
+    assert not os.path.exists(os.path.join(logdir, 'checkpoint.pt.tmp999'))
+    resumes = [json.loads(line) for line in open(os.path.join(logdir, 'resumes.jsonl'))]
+    assert resumes[-1]['changed'] == {'steps': [200, 400], 'log_every': [100, 200]}
+    assert json.load(open(os.path.join(logdir, 'finished.json')))['env_steps'] >= 400
+
+
+def test_second_process_on_a_run_folder_stops_at_once(tmp_path):
+    logdir = str(tmp_path / 'run')
+    os.makedirs(logdir)
+    holder = subprocess.Popen([sys.executable, '-c', (
+        'import sys, time; sys.path.insert(0, sys.argv[1]); import dreamer; dreamer.lock_run_folder(sys.argv[2]); '
+        'print("locked", flush=True); time.sleep(60)'), ROOT, logdir], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        start = time.time()
+        proc = run_dreamer(TINY + ['--logdir', logdir, '--steps', '200'], check=False)
+        assert proc.returncode == 2 and time.time() - start < 60
+        assert f'is in use by pid {holder.pid}' in proc.stderr
+        assert not os.path.exists(os.path.join(logdir, 'train_eps'))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_nan_pretraining_stops_without_writing_a_model(tmp_path):
+    from test_methods import moving_square_dataset
+    data = tmp_path / 'videos'
+    moving_square_dataset(data, episodes=3, length=20)
+    logdir = str(tmp_path / 'pretrain')
+    proc = run_dreamer(['--configs', 'defaults', 'dmc2gym', 'debug', '--task', 'dmc2gym_reacher_easy', '--logdir',
+                        logdir, '--beta_vae_pretrain', 'True', '--beta_vae', 'True', '--pretrain_datasets_path',
+                        str(data), '--batch_size', '2', '--batch_length', '8', '--pretrain_steps', '40',
+                        '--pretrain_save_every', '10', '--model_lr', '1e9', '--threads', '1', '--progress', 'False',
+                        '--tensorboard', 'False'], check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert 'Non-finite' in proc.stderr and 'at update' in proc.stderr and 'Traceback' not in proc.stderr
+    for name in ('encoder.pt', 'decoder.pt', 'rssm.pt', 'pretrain_state.pt'):
+        assert not os.path.exists(os.path.join(logdir, name))
+
+
+def test_finite_guard_names_the_term_and_the_update():
+    import torch
+    guard = tools.FiniteGuard('cpu')
+    guard.watch({'model_loss': torch.tensor(1.0), 'actor_grad_norm': torch.tensor(2.0), 'kl_value': torch.tensor(1.)},
+                update=1)
+    with pytest.raises(tools.NonFiniteError, match=r'actor_grad_norm = nan at update 7'):
+        guard.watch({'model_loss': torch.tensor(1.0), 'actor_grad_norm': torch.tensor(float('nan'))}, update=7)
+    lazy = tools.FiniteGuard('cuda:0')          # a GPU guard only looks when asked
+    lazy.watch({'image_loss': torch.tensor(float('inf'))}, update=3)
+    with pytest.raises(tools.NonFiniteError, match='image_loss = inf at update 3'):
+        lazy.check()
+    fp16 = tools.FiniteGuard('cpu', skip_grad_norms=True)   # the grad scaler skips overflowing steps itself
+    fp16.watch({'model_grad_norm': torch.tensor(float('inf')), 'model_loss': torch.tensor(0.5)}, update=1)
+
+
+@pytest.mark.parametrize('flag, value, message', [
+    ('action_repeat', '0', '--action_repeat must be a number >= 1, got 0'),
+    ('eval_every', '0', '--eval_every must be a number >= 1, got 0'),
+    ('steps', '-5', '--steps must be a number >= 1, got -5'),
+    ('batch_size', '0', '--batch_size must be >= 1'),
+    ('checkpoint_every', '0', '--checkpoint_every must be a number >= 0.001'),
+])
+def test_bad_counts_get_one_message(flag, value, message):
+    with pytest.raises(tools.ConfigError, match=message):
+        tools.make_config(['--configs', 'defaults', 'dmc2gym', f'--{flag}', value])
+
+
+def test_full_disk_message_removes_the_partial_file(tmp_path, monkeypatch):
+    import errno
+    path = str(tmp_path / 'checkpoint.pt')
+    real_open = open
+
+    class Full:
+        def __init__(self, *a, **k):
+            self.f = real_open(*a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[:10])
+            raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr('builtins.open', Full)
+    with pytest.raises(tools.ConfigError, match=r"No space left .* while writing checkpoint.pt \(0.0 MiB needed\)"):
+        tools.atomic_write_bytes(path, np.zeros(100, np.uint8).tobytes())
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
