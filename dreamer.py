@@ -602,27 +602,41 @@ def train(config) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # Evaluation-only runs
 # --------------------------------------------------------------------------------------------------------------------
-def evaluate_only(config) -> None:
+# An evaluation-only run takes these from the checkpoint's stored config unless the command sets them itself.
+EVAL_KEYS_FROM_CHECKPOINT = ('task', 'action_repeat', 'time_limit', 'size', 'camera', 'clean_render',
+                             'color_distractor', 'color') + MODEL_KEYS
+
+
+def evaluate_only(config, explicit=frozenset()) -> None:
+    """`--mode eval`: evaluates `--checkpoint` (a run folder or its checkpoint.pt); the task, env and model settings
+    come from the checkpoint except the keys in `explicit` (given on the command line)."""
     import models
 
-    if not config.checkpoint or not os.path.exists(config.checkpoint):
-        raise ConfigError(f"--mode eval needs --checkpoint PATH to a run's checkpoint.pt (got {config.checkpoint!r}).")
+    path = config.checkpoint
+    if path and os.path.isdir(path):
+        path = os.path.join(path, 'checkpoint.pt')
+    if not path or not os.path.isfile(path):
+        raise ConfigError(f"--mode eval needs --checkpoint: a run folder or its checkpoint.pt (got "
+                          f"{config.checkpoint!r}, which {'has no checkpoint.pt' if config.checkpoint else 'is empty'}"
+                          f").")
+    config.checkpoint = path
+    state = read_checkpoint(path)
+    stored = state.get('config', {})
+    taken = []
+    for key in EVAL_KEYS_FROM_CHECKPOINT:
+        if key in stored and key not in explicit and stored[key] != config.get(key):
+            setattr(config, key, stored[key])
+            taken.append(f'{key}={stored[key]!r}')
+    print(f"Evaluating {path} on {config.task}: " + (f"from the checkpoint's config: {', '.join(taken)}" if taken
+                                                      else "the command's settings match the checkpoint") + '.')
+    config = tools.finalize_config(config)
     schedule = distractor_schedule(config)
     logdir = prepare_logdir(config, check_identity=False)
     configure_torch(config)
     if config.eval_distractor not in schedule:
         raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
     eval_envs = make_parallel(config, config.seed + 20_000, schedule[config.eval_distractor])
-    state = torch.load(config.checkpoint, map_location='cpu', weights_only=False)
     model_config = tools.Config(config.to_dict())
-    changed = []
-    for key in MODEL_KEYS:
-        stored = state.get('config', {}).get(key, model_config.get(key))
-        if stored != model_config.get(key):
-            changed.append(f'{key}={stored}')
-            model_config[key] = stored
-    if changed:
-        print(f"Using the checkpoint's own settings for: {', '.join(changed)}.")
     spec = models.method_spec(model_config)
     import tempfile
     with tempfile.TemporaryDirectory() as parts:
@@ -630,8 +644,8 @@ def evaluate_only(config) -> None:
             models.write_pretrained_parts(state['agent'], spec, parts)
             model_config.pretrain_checkpoint_path = parts
         agent = models.make_agent(model_config, eval_envs.action_size, step=0)
+    load_checkpoint(config.checkpoint, agent, None, state)
     del state
-    load_checkpoint(config.checkpoint, agent, None)
     logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard)
     returns, successes, recs = evaluate(agent, eval_envs, config, logger, config.eval_episodes,
                                         video_dir=os.path.join(logdir, 'eval_only_eps'))
@@ -734,6 +748,9 @@ def pretrain_video(config) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if '--help' in argv or '-h' in argv:
+        print(tools.config_help())
+        return 0
     try:
         config = tools.make_config(argv)
         tools.check_device(config)   # before any file is written
@@ -743,7 +760,7 @@ def main(argv=None) -> int:
             import vid2act
             vid2act.pretrain_teacher(config)
         elif config.mode == 'eval':
-            evaluate_only(config)
+            evaluate_only(config, explicit={key.split('.')[0] for key, _ in tools.split_argv(argv)[1]})
         elif config.mode == 'train':
             train(config)
         else:

@@ -84,6 +84,7 @@ def load_checkpoint_part(directory: str, name: str, module: nn.Module, config, a
             f"Pretrained checkpoint '{path}' not found. Pretrain first (--beta_vae_pretrain True) and copy "
             f"encoder.pt/decoder.pt/rssm.pt/meta.json into --pretrain_checkpoint_path (now '{directory}').")
     meta_path = os.path.join(directory, 'meta.json')
+    meta = {}
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
@@ -106,6 +107,8 @@ def load_checkpoint_part(directory: str, name: str, module: nn.Module, config, a
                                 f"--dyn_stoch/--dyn_deter/--dyn_hidden, --source_action_num/--action_num_gap and "
                                 f"--pretrain_action_num against the pretraining run's meta.json.")
     module.load_state_dict(state)
+    print(f"Loaded pretrained {name} from {path} (pretraining updates {meta.get('updates', 'unknown')}, z_dim "
+          f"{meta.get('z_dim', 'unknown')}, source task {meta.get('task', 'unknown')}).")
 
 
 def _widen_action_input(state: dict, stoch: int, new_action: int) -> dict:

@@ -59,6 +59,46 @@ def load_presets(path: str | None = None) -> dict:
         return YAML(typ='safe', pure=True).load(f)
 
 
+def config_help(path: str | None = None) -> str:
+    """`dreamer.py --help`: usage, the presets with the keys they set, and every key of `defaults` with its default
+    and its comment, grouped as in configs.yaml (read from the file itself: one source of truth)."""
+    import re
+    path = path or os.path.join(ROOT, 'configs.yaml')
+    presets = load_presets(path)
+    lines = ['usage: python dreamer.py --configs defaults [PRESET ...] --logdir DIR [--key value ...]', '',
+             'Rerunning the same command resumes the run in --logdir. Presets (merged in order after defaults):']
+    for name, values in presets.items():
+        if name != 'defaults':
+            lines.append(f'  {name}: ' + ', '.join(f'{k} {v}' for k, v in (values or {}).items()))
+    lines += ['', 'Keys (--key value; nested keys with dots; lists as a,b; null for none), defaults first:']
+    in_defaults, parent = False, None
+    with open(path) as f:
+        for raw in f:
+            line = raw.rstrip('\n')
+            if re.match(r'^\S', line):                       # a top-level line: a preset name or a file comment
+                in_defaults = line.startswith('defaults:')
+                continue
+            if not in_defaults or not line.strip():
+                continue
+            group = re.match(r'^\s+# -+ (.+)$', line)
+            if group:
+                lines += ['', f'{group.group(1)}:']
+                continue
+            entry = re.match(r'^( +)([A-Za-z_][\w]*):\s*(.*?)\s*(?:#\s?(.*))?$', line)
+            if entry:
+                indent, key, value, comment = entry.groups()
+                if len(indent) == 2:
+                    parent = key if not value else None
+                    name = key
+                else:
+                    name = f'{parent}.{key}' if parent else key
+                text = f'  --{name} {value}' if value else f'  --{name}.*'
+                lines.append(f'{text:<44}{comment or ""}'.rstrip())
+            elif line.strip().startswith('#') and lines:      # a comment continued on the next line
+                lines.append(' ' * 44 + line.strip()[1:].strip())
+    return '\n'.join(lines)
+
+
 def _close(name, options):
     close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ''

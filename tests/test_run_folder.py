@@ -162,3 +162,32 @@ def test_full_disk_message_removes_the_partial_file(tmp_path, monkeypatch):
         tools.atomic_write_bytes(path, np.zeros(100, np.uint8).tobytes())
     monkeypatch.undo()
     assert os.listdir(tmp_path) == []
+
+
+def test_eval_only_takes_the_task_from_the_checkpoint(finished_run, tmp_path):
+    """No --task (the default is walker_walk), a run folder as --checkpoint: the cartpole policy is evaluated on
+    cartpole, and the run says which settings it took."""
+    out = str(tmp_path / 'eval')
+    proc = run_dreamer(['--configs', 'defaults', 'dmc2gym', '--mode', 'eval', '--checkpoint', finished_run,
+                        '--logdir', out, '--eval_episodes', '1', '--eval_videos', '0', '--threads', '1',
+                        '--tensorboard', 'False'])
+    assert "from the checkpoint's config: task='dmc2gym_cartpole_balance'" in proc.stdout
+    assert f"Evaluation of {os.path.join(finished_run, 'checkpoint.pt')} on dmc2gym_cartpole_balance (" in proc.stdout
+    missing = run_dreamer(['--mode', 'eval', '--checkpoint', out, '--logdir', str(tmp_path / 'e2')], check=False)
+    assert missing.returncode == 2 and 'has no checkpoint.pt' in missing.stderr and 'Traceback' not in missing.stderr
+
+
+def test_help_lists_presets_and_every_key_with_its_comment():
+    proc = subprocess.run([sys.executable, 'dreamer.py', '--help'], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0
+    text = proc.stdout
+    defaults = tools.load_presets()['defaults']
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            assert all(f'--{key}.{sub} ' in text for sub in value)
+        else:
+            assert f'--{key} ' in text, key
+    for preset in tools.load_presets():
+        assert preset == 'defaults' or f'  {preset}: ' in text
+    assert 'rerunning the same command resumes' in text            # a key's comment from configs.yaml
+    assert '\nworld model:\n' in text and '\nenvironment:\n' in text  # grouped as in the file
