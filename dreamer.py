@@ -154,15 +154,12 @@ def prepare_logdir(config, check_identity: bool = True) -> str:
     removed = remove_stale_temp_files(logdir)
     if removed:
         print(f'Removed {removed} temporary file(s) left by an earlier crash in {logdir}.')
-    config_path = os.path.join(logdir, 'config.yaml')
-    if os.path.exists(config_path) and check_identity:
-        if resumable:
-            line = json.dumps({'time': tools.timestamp(), 'changed': resumable})
-            with open(os.path.join(logdir, 'resumes.jsonl'), 'a') as f:
-                f.write(line + '\n')
-            print('Resuming with changed settings: ' +
-                  ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in resumable.items()))
-    tools.save_config(config, config_path)
+    if resumable:   # only on a later start of a run whose config.yaml exists
+        with open(os.path.join(logdir, 'resumes.jsonl'), 'a') as f:
+            f.write(json.dumps({'time': tools.timestamp(), 'changed': resumable}) + '\n')
+        print('Resuming with changed settings: ' +
+              ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in resumable.items()))
+    tools.save_config(config, os.path.join(logdir, 'config.yaml'))
     return logdir
 
 
