@@ -359,8 +359,21 @@ def run_stage(name: str, cmd: list[str], dry_run: bool) -> int:
     return rc
 
 
+def run_stages(stages, dry_run: bool) -> int:
+    """Runs (label, done, command) in order, skipping those whose `done()` is true; stops at the first failure."""
+    for label, done, cmd in stages:
+        if not dry_run and done():
+            print(f'{label}: done; skipped.')
+            continue
+        rc = run_stage(label, cmd, dry_run)
+        if rc != 0:
+            return rc
+    return 0
+
+
 def main_diswm(args) -> int:
     if not args.report_only:
+        stages = []
         for seed in args.seeds:
             source = run_dir(args.root, DISWM_SOURCE, seed)
             if not args.dry_run and not os.path.exists(os.path.join(source, 'checkpoint.pt')):
@@ -368,15 +381,11 @@ def main_diswm(args) -> int:
                       f'which has no checkpoint yet: run  python scripts/learning.py --tasks {DISWM_SOURCE} '
                       f'--seeds {seed} --root {args.root}  first.')
                 return 2
-            for name, folder, cmd in diswm_stages(args, seed):
-                if not args.dry_run and stage_done(name, folder, args):
-                    print(f'{name} seed {seed}: done ({folder}); skipped.')
-                    continue
-                rc = run_stage(f'{name} seed {seed}: {folder}', cmd, args.dry_run)
-                if rc != 0:
-                    return rc
-        if args.dry_run:
-            return 0
+            stages += [(f'{name} seed {seed}: {folder}', lambda n=name, f=folder: stage_done(n, f, args), cmd)
+                       for name, folder, cmd in diswm_stages(args, seed)]
+        rc = run_stages(stages, args.dry_run)
+        if rc != 0 or args.dry_run:
+            return rc
     return diswm_report(args)
 
 
@@ -385,18 +394,12 @@ def main(argv=None) -> int:
     if args.experiment == 'diswm':
         return main_diswm(args)
     if not args.report_only:
-        for task in args.tasks:
-            for seed in args.seeds:
-                cmd = build_command(task, seed, args)
-                folder = run_dir(args.root, task, seed)
-                if not args.dry_run and is_finished(folder, args.steps):
-                    print(f'{task} seed {seed}: finished ({folder}); skipped.')
-                    continue
-                rc = run_stage(f'{task} seed {seed}: {folder}', cmd, args.dry_run)
-                if rc != 0:
-                    return rc
-        if args.dry_run:
-            return 0
+        stages = [(f'{task} seed {seed}: {run_dir(args.root, task, seed)}',
+                   lambda f=run_dir(args.root, task, seed): is_finished(f, args.steps), build_command(task, seed, args))
+                  for task in args.tasks for seed in args.seeds]
+        rc = run_stages(stages, args.dry_run)
+        if rc != 0 or args.dry_run:
+            return rc
     return report(args)
 
 
