@@ -700,7 +700,7 @@ def pretrain_video(config) -> None:
     state_path = os.path.join(logdir, 'pretrain_state.pt')
     start = 0
     if os.path.exists(state_path):
-        state = torch.load(state_path, map_location=config.device, weights_only=False)
+        state = read_checkpoint(state_path, config.device)
         wm.load_state_dict(state['model'])
         opt.load_state_dict(state['optimizer'])
         tools.set_rng_state(state['rng'])

@@ -92,7 +92,11 @@ def load_checkpoint_part(directory: str, name: str, module: nn.Module, config, a
             raise tools.ConfigError(f"Checkpoint in '{directory}' has z_dim {meta['z_dim']} but this run expects "
                                     f"z_dim {config.z_dim}: pass --z_dim {meta['z_dim']} or pretrain with "
                                     f"--z_dim {config.z_dim}.")
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise tools.ConfigError(f"Pretrained checkpoint '{path}' is unreadable ({type(e).__name__}: {str(e)[:200]}): "
+                                f"copy it again from the pretraining run, or pretrain again.") from None
     if adapt is not None:
         state = adapt(state)
     own = module.state_dict()

@@ -191,3 +191,17 @@ def test_help_lists_presets_and_every_key_with_its_comment():
         assert preset == 'defaults' or f'  {preset}: ' in text
     assert 'rerunning the same command resumes' in text            # a key's comment from configs.yaml
     assert '\nworld model:\n' in text and '\nenvironment:\n' in text  # grouped as in the file
+
+
+def test_corrupt_checkpoints_get_one_message(tmp_path):
+    import dreamer
+    import models
+    import torch
+    bad = tmp_path / 'checkpoint.pt'
+    bad.write_bytes(b'not a checkpoint')
+    with pytest.raises(tools.ConfigError, match=r"Checkpoint '.*checkpoint.pt' is unreadable"):
+        dreamer.read_checkpoint(str(bad))
+    (tmp_path / 'encoder.pt').write_bytes(b'\x00' * 64)
+    config = tools.make_config(['--configs', 'defaults', '--beta_vae', 'True'])
+    with pytest.raises(tools.ConfigError, match=r"Pretrained checkpoint '.*encoder.pt' is unreadable"):
+        models.load_checkpoint_part(str(tmp_path), 'encoder', torch.nn.Linear(2, 2), config)
