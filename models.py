@@ -418,7 +418,7 @@ class ImagBehavior(nn.Module):
         self.config = config
         # The actor may see more than the feature (Vid2Act: + a context vector, see `actor_input`); the critic never.
         self.actor = networks.ActionHead(actor_input_size or feat_size, action_size, config.actor_layers, config.units,
-                                         config.actor_min_std)
+                                         config.actor_min_std, clipped=config.release_compat)
         self.critic = networks.DenseHead(feat_size, config.value_layers, config.units)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
 

@@ -348,13 +348,18 @@ class DenseHead(nn.Module):
 
 
 class ActionHead(nn.Module):
-    """DreamerV2 actor: MLP -> truncated Normal (tanh mean, std 2 sigmoid(x/2) + min_std) on [-1, 1]."""
+    """DreamerV2 actor: MLP -> truncated Normal (tanh mean, std 2 sigmoid(x/2) + min_std) on [-1, 1].
 
-    def __init__(self, inp: int, action_size: int, layers: int, units: int, min_std: float = 0.1):
+    `clipped=True` gives the release's clipped Normal instead (`tools.ClippedNormal`, `--release_compat`).
+    """
+
+    def __init__(self, inp: int, action_size: int, layers: int, units: int, min_std: float = 0.1,
+                 clipped: bool = False):
         super().__init__()
         self.net = mlp(inp, 2 * action_size, layers, units)
         self.min_std = min_std
+        self.dist = tools.ClippedNormal if clipped else tools.TruncNormal
 
-    def forward(self, feat: torch.Tensor) -> tools.TruncNormal:
+    def forward(self, feat: torch.Tensor):
         mean, raw = self.net(feat).chunk(2, -1)
-        return tools.TruncNormal(torch.tanh(mean), tools.gaussian_std(raw, self.min_std))
+        return self.dist(torch.tanh(mean), tools.gaussian_std(raw, self.min_std))

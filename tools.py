@@ -464,7 +464,52 @@ def standard_normal_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor
 
 
 class TruncNormal:
-    """The DreamerV2 actor distribution: Normal sample clipped to [-1, 1] with a straight-through gradient."""
+    """The DreamerV2 actor distribution: a Normal(mean, std) truncated to [low, high], as official DreamerV2.
+
+    Samples come from the truncated density itself (inverse CDF: x = mean + std * Phi^-1(Phi(a) + u (Phi(b) - Phi(a))),
+    u ~ U(0, 1)), so the pathwise gradient flows to mean and std; a last clip to [low + clip, high - clip] passes the
+    gradient straight through (it only moves float round-off at the bounds). Entropy and log-density are those of the
+    truncated Normal. The release uses `ClippedNormal` (README, `--release_compat` table; docs/learning.md).
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, low=-1.0, high=1.0, clip=1e-6):
+        low_precision = (torch.float16, torch.bfloat16)     # fp32 under autocast: Phi^-1 near 1 needs the bits
+        self.mean, self.std = (x.float() if x.dtype in low_precision else x for x in (mean, std))
+        mean, std = self.mean, self.std
+        self._low, self._high, self._clip = low, high, clip
+        self._alpha = (low - mean) / std
+        self._beta = (high - mean) / std
+        self._cdf_low = torch.special.ndtr(self._alpha)
+        self._mass = (torch.special.ndtr(self._beta) - self._cdf_low).clamp_min(1e-8)
+
+    def rsample(self) -> torch.Tensor:
+        u = torch.rand_like(self.mean)
+        tiny = torch.finfo(self.mean.dtype).tiny
+        p = (self._cdf_low + u * self._mass).clamp(tiny, 1 - 1e-7)
+        event = self.mean + self.std * torch.special.ndtri(p)
+        clipped = event.clamp(self._low + self._clip, self._high - self._clip)
+        return event - event.detach() + clipped.detach()
+
+    sample = rsample
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) / self.std
+        log_density = -0.5 * z ** 2 - 0.5 * np.log(2 * np.pi) - torch.log(self.std) - torch.log(self._mass)
+        return log_density.sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        pdf = lambda z: torch.exp(-0.5 * z ** 2) / np.sqrt(2 * np.pi)
+        edge = (self._alpha * pdf(self._alpha) - self._beta * pdf(self._beta)) / (2 * self._mass)
+        return (0.5 * np.log(2 * np.pi * np.e) + torch.log(self.std) + torch.log(self._mass) + edge).sum(-1)
+
+
+class ClippedNormal:
+    """The actor distribution of dreamer-torch and the DisWM release (`--release_compat`): a Normal sample clipped to
+    [-1, 1] with a straight-through gradient; log-density and entropy are the untruncated Normal's. At std ~1 about a
+    third of the samples sit exactly on a bound, against a few percent for `TruncNormal`."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, low=-1.0, high=1.0, clip=1e-6):
         self.mean, self.std = mean, std

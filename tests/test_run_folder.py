@@ -69,11 +69,23 @@ def test_resumable_change_is_recorded_and_training_goes_on(tmp_path):
     run_dreamer(TINY + ['--logdir', logdir, '--steps', '200'])
     with open(os.path.join(logdir, 'checkpoint.pt.tmp999'), 'wb') as f:   # left by a killed save
         f.write(b'x' * 100)
-    proc = run_dreamer(TINY + ['--logdir', logdir, '--steps', '400', '--log_every', '200'])
+    # An episode that finished after the last checkpoint (the process was killed before the next one).
+    import shutil
+    import replay as replay_lib
+    first = replay_lib.list_episodes(os.path.join(logdir, 'train_eps'))[0]
+    late = os.path.join(logdir, 'train_eps', '29991231T000000000000-late-50.npz')
+    shutil.copyfile(first, late)
+    os.remove(os.path.join(logdir, 'finished.json'))
+    proc = run_dreamer(TINY + ['--logdir', logdir, '--steps', '400', '--log_every', '200', '--keep_checkpoints',
+                               'True'])
+    assert '1 episode(s) finished after the last checkpoint were moved' in proc.stdout
+    assert os.path.exists(os.path.join(logdir, 'train_eps_after_checkpoint', os.path.basename(late)))
+    assert 'Resuming from' in proc.stdout and 'agent step 100 (200 env steps)' in proc.stdout
+    assert sorted(os.listdir(os.path.join(logdir, 'checkpoints'))) == ['checkpoint_000000400.pt']
     assert 'Removed 1 temporary file' in proc.stdout
     assert not os.path.exists(os.path.join(logdir, 'checkpoint.pt.tmp999'))
     resumes = [json.loads(line) for line in open(os.path.join(logdir, 'resumes.jsonl'))]
-    assert resumes[-1]['changed'] == {'steps': [200, 400], 'log_every': [100, 200]}
+    assert resumes[-1]['changed'] == {'steps': [200, 400], 'log_every': [100, 200], 'keep_checkpoints': [False, True]}
     assert json.load(open(os.path.join(logdir, 'finished.json')))['env_steps'] >= 400
 
 
@@ -205,3 +217,11 @@ def test_corrupt_checkpoints_get_one_message(tmp_path):
     config = tools.make_config(['--configs', 'defaults', '--beta_vae', 'True'])
     with pytest.raises(tools.ConfigError, match=r"Pretrained checkpoint '.*encoder.pt' is unreadable"):
         models.load_checkpoint_part(str(tmp_path), 'encoder', torch.nn.Linear(2, 2), config)
+
+
+def test_nan_online_update_stops_the_run_before_any_checkpoint(tmp_path):
+    logdir = str(tmp_path / 'run')
+    proc = run_dreamer(TINY + ['--logdir', logdir, '--steps', '400', '--model_lr', '1e9'], check=False)
+    assert proc.returncode == 2 and 'Non-finite' in proc.stderr and 'Traceback' not in proc.stderr
+    assert not os.path.exists(os.path.join(logdir, 'checkpoint.pt'))
+    assert not os.path.exists(os.path.join(logdir, 'finished.json'))
