@@ -99,6 +99,7 @@ def load_checkpoint_part(directory: str, name: str, module: nn.Module, config, a
                                 f"copy it again from the pretraining run, or pretrain again.") from None
     if adapt is not None:
         state = adapt(state)
+    state = networks.fill_missing_gru_bias(state, module)
     own = module.state_dict()
     problems = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}' for k, v in state.items()
                 if k in own and own[k].shape != v.shape]
@@ -566,13 +567,14 @@ class Agent(nn.Module):
             video = self.wm.video_rssm.initial(batch, device) if self.wm.video_rssm is not None else None
             state = (self.wm.rssm.initial(batch, device), torch.zeros(batch, self.action_size, device=device), video)
         latent, action, video = state
-        enc = self.wm.encoder(preprocess_image(image), sample=training)
+        sample = training or not self.config.eval_state_mean       # DreamerV2 and the release sample in evaluation
+        enc = self.wm.encoder(preprocess_image(image), sample=sample)
         embed = enc['embed'][:, 0]
         if video is not None:
             video, _ = self.wm.video_rssm.obs_step(video, embed.new_zeros(batch, self.wm.video_rssm.action_size),
                                                    embed, is_first, sample=False)
             embed = self.wm.video_rssm.feat(video)
-        latent, _ = self.wm.rssm.obs_step(latent, self.wm.pad_action(action), embed, is_first, sample=training)
+        latent, _ = self.wm.rssm.obs_step(latent, self.wm.pad_action(action), embed, is_first, sample=sample)
         dist = self.behavior.actor(self.wm.rssm.feat(latent))
         action = dist.sample() if training else dist.mode()
         if training and self.config.expl_amount > 0:

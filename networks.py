@@ -104,15 +104,39 @@ def conv_full_window(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x.flatten(1), layer.weight.flatten(1), layer.bias)
 
 
+def _zero_bias_if_missing(state: dict, prefix: str) -> None:
+    weight, bias = prefix + 'weight', prefix + 'bias'
+    if weight in state and bias not in state:
+        state[bias] = state[weight].new_zeros(state[weight].shape[0])
+
+
+def fill_missing_gru_bias(state: dict, module: nn.Module) -> dict:
+    """A copy of `state` (a state dict for `module`) with the GRU input biases that older checkpoints lack set to
+    zero, for code that compares keys before `load_state_dict`."""
+    state = dict(state)
+    for name, sub in module.named_modules():
+        if isinstance(sub, GRUCell):
+            _zero_bias_if_missing(state, f'{name}.layer.' if name else 'layer.')
+    return state
+
+
 class GRUCell(nn.Module):
-    """DreamerV2's GRU: one Linear over [input, state] (LayerNorm'd when `norm`), update gate biased by -1."""
+    """DreamerV2's GRU: one Linear over [input, state] (LayerNorm'd when `norm`), update gate biased by -1.
+
+    The Linear has a bias also before the LayerNorm, as in official DreamerV2 and the DisWM release. Checkpoints
+    written before the bias existed load with it zero (the same function as before).
+    """
 
     def __init__(self, inp_size: int, size: int, norm: bool = True, update_bias: float = -1.0):
         super().__init__()
         self.size = size
         self.update_bias = update_bias
-        self.layer = nn.Linear(inp_size + size, 3 * size, bias=not norm)
+        self.layer = nn.Linear(inp_size + size, 3 * size)
         self.norm = nn.LayerNorm(3 * size) if norm else nn.Identity()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _zero_bias_if_missing(state_dict, prefix + 'layer.')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         parts = self.norm(self.layer(torch.cat([inputs, state], -1)))

@@ -177,6 +177,7 @@ def load_agent_policy(path: str, config, action_size: int, sample_actions: bool)
 
     import dreamer
     import models
+    import networks
 
     ckpt_path = _checkpoint_path(path)
     try:
@@ -199,6 +200,7 @@ def load_agent_policy(path: str, config, action_size: int, sample_actions: bool)
             agent_config.pretrain_checkpoint_path = parts_dir
         agent = models.make_agent(agent_config, action_size)
     own = agent.state_dict()
+    state['agent'] = networks.fill_missing_gru_bias(state['agent'], agent)
     problems = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}' for k, v in state['agent'].items()
                 if k in own and own[k].shape != v.shape]
     missing, extra = sorted(set(own) - set(state['agent'])), sorted(set(state['agent']) - set(own))

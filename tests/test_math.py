@@ -226,3 +226,55 @@ def test_gaussian_nll_gradient_matches_the_plain_expression(event_dims):
     half = mean.detach().bfloat16().requires_grad_(True)
     (g_half,) = torch.autograd.grad(tools.gaussian_nll(half, target.detach(), event_dims).sum(), [half])
     assert g_half.dtype == torch.bfloat16
+
+
+def test_gru_has_an_input_bias_and_loads_checkpoints_written_without_it():
+    """The LayerNorm GRU's Linear has a bias (official DreamerV2, the release); a state dict from before the bias
+    existed loads with it zero and then computes the old function: norm(W [x, h]) without a bias."""
+    torch.manual_seed(0)
+    cell = networks.GRUCell(5, 4, norm=True)
+    assert cell.layer.bias is not None and cell.layer.bias.shape == (12,)
+    old_state = {k: v for k, v in cell.state_dict().items() if k != 'layer.bias'}
+    fresh = networks.GRUCell(5, 4, norm=True)
+    fresh.load_state_dict(old_state)
+    assert torch.equal(fresh.layer.bias, torch.zeros(12))
+    x, h = torch.randn(3, 5), torch.randn(3, 4)
+    parts = torch.nn.functional.layer_norm(torch.cat([x, h], -1) @ cell.layer.weight.T, (12,),
+                                           cell.norm.weight, cell.norm.bias)
+    reset, cand, update = parts.split(4, -1)
+    update = torch.sigmoid(update - 1)
+    expected = update * torch.tanh(torch.sigmoid(reset) * cand) + (1 - update) * h
+    assert torch.allclose(fresh(x, h), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('state_mean', [False, True])
+def test_evaluation_samples_the_latent_unless_eval_state_mean(state_mean):
+    """Evaluation acts with the actor's mean action; the filter samples its latent as in DreamerV2 unless
+    --eval_state_mean True, which makes evaluation deterministic given the observations."""
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu',
+                                '--eval_state_mean', str(state_mean)])
+    torch.manual_seed(0)
+    agent = models.make_agent(config, 2)
+    obs = dict(image=np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8),
+               is_first=np.ones(1, bool))
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        action, state = agent.policy(obs, None, training=False)
+        action, state = agent.policy(dict(obs, is_first=np.zeros(1, bool)), state, training=False)
+        runs.append((action, state[0]['stoch']))
+    same = np.array_equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert same == state_mean
+
+
+def test_pretrained_rssm_without_gru_bias_loads(tmp_path):
+    """A stage-1 rssm.pt written before the GRU bias existed still loads as a pretrained part (bias zero)."""
+    config = tools.make_config(['--configs', 'defaults', '--beta_vae', 'True'])
+    rssm = networks.RSSM(action_size=2, embed_size=config.z_dim)
+    old = {k: v for k, v in rssm.state_dict().items() if not k.endswith('cell.layer.bias')}
+    assert len(old) == len(rssm.state_dict()) - 1
+    torch.save(old, tmp_path / 'rssm.pt')
+    fresh = networks.RSSM(action_size=2, embed_size=config.z_dim)
+    models.load_checkpoint_part(str(tmp_path), 'rssm', fresh, config)
+    assert torch.equal(fresh.cell.layer.bias, torch.zeros_like(fresh.cell.layer.bias))
+    assert torch.equal(fresh.cell.layer.weight, rssm.cell.layer.weight)
