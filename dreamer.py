@@ -440,7 +440,8 @@ def train(config) -> None:
         if moved:
             print(f'{moved} episode(s) finished after the last checkpoint were moved to train_eps_after_checkpoint/ '
                   f'so that the replay and the step count match the loaded weights.')
-    replay = replay_lib.Replay(config.dataset_size or None, seed=config.seed)
+    replay = replay_lib.Replay(config.dataset_size or None, seed=config.seed,
+                               mark_sequence_starts=not config.release_compat)
     episodes, _ = replay_lib.load_episodes(train_dir, limit_steps=config.dataset_size or None)
     for ep in episodes:
         replay.add_episode(ep)

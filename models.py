@@ -440,7 +440,9 @@ class ImagBehavior(nn.Module):
 
     def losses(self, wm: WorldModel, start: dict, reward_fn, ctx=None):
         cfg = self.config
-        feats, entropy = self.imagine(wm, start, cfg.imag_horizon, ctx)       # (H+1, N, F), (H, N)
+        # The release keeps H states and H - 1 targets for imag_horizon H (official DreamerV2: H + 1 and H).
+        horizon = cfg.imag_horizon - 1 if cfg.release_compat else cfg.imag_horizon
+        feats, entropy = self.imagine(wm, start, horizon, ctx)                 # (H+1, N, F), (H, N)
         # The returns use r(s_t) for t < H and V(s_t) for t >= 1 only, so neither head sees the other states.
         reward = reward_fn(feats)                                              # (H, N)
         next_value = self.slow_critic(feats[1:])                               # (H, N): V(s_1) ... V(s_H)

@@ -247,8 +247,10 @@ class RSSM(nn.Module):
 
 # Conv stacks use in-place ELUs (ELU's backward needs only its output): less memory traffic, same math.
 def _init_kaiming(module: nn.Module):
+    """The release's beta-VAE initialisation: Kaiming-normal weights and zero biases for Conv2d and Linear layers;
+    transposed convolutions keep PyTorch's default initialisation (the release's init skips them)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -374,7 +376,8 @@ class DenseHead(nn.Module):
 class ActionHead(nn.Module):
     """DreamerV2 actor: MLP -> truncated Normal (tanh mean, std 2 sigmoid(x/2) + min_std) on [-1, 1].
 
-    `clipped=True` gives the release's clipped Normal instead (`tools.ClippedNormal`, `--release_compat`).
+    `clipped=True` gives the release's Normal instead (`tools.ClippedNormal`, `--release_compat`), whose
+    reparameterised samples (imagination) are not clipped, as in the release.
     """
 
     def __init__(self, inp: int, action_size: int, layers: int, units: int, min_std: float = 0.1,
@@ -382,8 +385,11 @@ class ActionHead(nn.Module):
         super().__init__()
         self.net = mlp(inp, 2 * action_size, layers, units)
         self.min_std = min_std
-        self.dist = tools.ClippedNormal if clipped else tools.TruncNormal
+        self.clipped = clipped
 
     def forward(self, feat: torch.Tensor):
         mean, raw = self.net(feat).chunk(2, -1)
-        return self.dist(torch.tanh(mean), tools.gaussian_std(raw, self.min_std))
+        mean, std = torch.tanh(mean), tools.gaussian_std(raw, self.min_std)
+        if self.clipped:
+            return tools.ClippedNormal(mean, std, clip_rsample=False)
+        return tools.TruncNormal(mean, std)

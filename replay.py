@@ -105,10 +105,15 @@ class Replay:
     """Flat ring buffer of steps; uniform sampling of fixed-length sequences.
 
     capacity: maximum number of stored steps (None = unbounded, storage grows by doubling).
+    mark_sequence_starts: set `is_first` at every sampled sequence's first step, so the world model starts each
+        sequence from the zero state and a zero action (official DreamerV2). False (`--release_compat`): only real
+        episode starts are marked; the zero state is the same, but the first step sees its stored action, as the
+        release's world model does.
     """
 
-    def __init__(self, capacity: int | None = None, seed: int = 0, keys=None):
+    def __init__(self, capacity: int | None = None, seed: int = 0, keys=None, mark_sequence_starts: bool = True):
         self.capacity = capacity or None
+        self.mark_sequence_starts = mark_sequence_starts
         self.keys = keys
         self._data: dict[str, np.ndarray] = {}
         self._size = 0          # valid steps stored
@@ -178,9 +183,9 @@ class Replay:
         origin = self._ptr if (self.capacity and self._size == cap) else 0
         idx = (origin + offsets[:, None] + np.arange(length)[None]) % cap
         out = {key: arr[idx] for key, arr in self._data.items()}
-        # A sequence always starts a fresh latent state.
-        out['is_first'] = out['is_first'].copy()
-        out['is_first'][:, 0] = True
+        if self.mark_sequence_starts:     # a fresh latent state and a zero action at every sequence start
+            out['is_first'] = out['is_first'].copy()
+            out['is_first'][:, 0] = True
         return out
 
     def dataset(self, batch: int, length: int):

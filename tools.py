@@ -270,6 +270,9 @@ def finalize_config(config: Config) -> Config:
         value = config.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < low):
             raise ConfigError(f'--{key} must be a number >= {low}, got {value!r}.')
+    if config.get('release_compat') and config.get('imag_horizon') == 1:
+        raise ConfigError('--imag_horizon must be >= 2 with --release_compat True (the release imagines '
+                          'imag_horizon - 1 steps).')
     if config.mode == 'train' and not (config.beta_vae_pretrain or config.vid2act_pretrain):
         if config.steps // config.action_repeat <= config.prefill:
             print(f'Warning: --steps {config.steps} ({config.steps // config.action_repeat} agent steps) is not above '
@@ -509,19 +512,26 @@ class TruncNormal:
 class ClippedNormal:
     """The actor distribution of dreamer-torch and the DisWM release (`--release_compat`): a Normal sample clipped to
     [-1, 1] with a straight-through gradient; log-density and entropy are the untruncated Normal's. At std ~1 about a
-    third of the samples sit exactly on a bound, against a few percent for `TruncNormal`."""
+    third of the samples sit exactly on a bound, against a few percent for `TruncNormal`.
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, low=-1.0, high=1.0, clip=1e-6):
+    `clip_rsample=False` is the release exactly: only `sample` (acting) clips, while `rsample` (imagination) returns
+    the raw Normal sample, so imagined actions leave [-1, 1] (a third of them at the initial std).
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, low=-1.0, high=1.0, clip=1e-6,
+                 clip_rsample: bool = True):
         self.mean, self.std = mean, std
         self._normal = td.Normal(mean, std)
         self._low, self._high, self._clip = low, high, clip
+        self._clip_rsample = clip_rsample
 
-    def rsample(self) -> torch.Tensor:
+    def sample(self) -> torch.Tensor:
         event = self._normal.rsample()
         clipped = event.clamp(self._low + self._clip, self._high - self._clip)
         return event - event.detach() + clipped.detach()
 
-    sample = rsample
+    def rsample(self) -> torch.Tensor:
+        return self.sample() if self._clip_rsample else self._normal.rsample()
 
     def mode(self) -> torch.Tensor:
         return self.mean

@@ -278,3 +278,16 @@ def test_pretrained_rssm_without_gru_bias_loads(tmp_path):
     models.load_checkpoint_part(str(tmp_path), 'rssm', fresh, config)
     assert torch.equal(fresh.cell.layer.bias, torch.zeros_like(fresh.cell.layer.bias))
     assert torch.equal(fresh.cell.layer.weight, rssm.cell.layer.weight)
+
+
+def test_beta_vae_init_as_released_kaiming_for_conv_and_linear_default_for_transposed_convs():
+    torch.manual_seed(0)
+    decoder = networks.BetaVAEDecoder(feat_size=250, z_dim=20)
+    for m in decoder.modules():
+        if isinstance(m, torch.nn.ConvTranspose2d):
+            fan_in = m.weight.shape[1] * m.weight[0, 0].numel()      # PyTorch's default: U(+-1/sqrt(fan_in))
+            assert m.weight.abs().max() <= 1 / np.sqrt(fan_in) and m.bias.abs().max() <= 1 / np.sqrt(fan_in)
+            assert m.bias.abs().sum() > 0
+        elif isinstance(m, torch.nn.Linear):                         # Kaiming normal: std sqrt(2 / fan_in)
+            assert torch.all(m.bias == 0)
+            assert float(m.weight.std()) == pytest.approx(np.sqrt(2 / m.weight.shape[1]), rel=0.15)

@@ -210,3 +210,38 @@ def test_methods_run_from_pretrained_checkpoint(pretrained, tmp_path, method, te
     if method == 'diswm':
         etas = [r['distill_eta'] for r in rows if 'distill_eta' in r]
         assert etas[-1] < etas[0]                                # eta follows the advancing agent step
+
+
+def test_release_compat_first_action_horizon_and_unclipped_imagination(monkeypatch):
+    """The three release behaviours of the online update under --release_compat: (1) the first step of a sequence
+    that does not start an episode sees its stored action (zero state either way); (2) imag_horizon H imagines
+    H - 1 steps (H states, H - 1 targets); (3) imagined actions are raw Normal samples, not clipped to [-1, 1]."""
+    torch.manual_seed(0)
+    rssm = networks.RSSM(action_size=2, embed_size=8)
+    embed, action = torch.randn(4, 3, 8), torch.randn(4, 3, 2)
+    first = torch.zeros(4, 3)
+    _, prior_released = rssm.observe(embed, action, first, sample=False)
+    _, prior_zeroed = rssm.observe(embed, action, first.index_fill(1, torch.tensor([0]), 1.0), sample=False)
+    _, prior_zero_action = rssm.observe(embed, action.index_fill(1, torch.tensor([0]), 0.0), first, sample=False)
+    assert not torch.allclose(prior_released['mean'][:, 0], prior_zeroed['mean'][:, 0])
+    assert torch.allclose(prior_zeroed['mean'], prior_zero_action['mean'], atol=1e-6)
+
+    for compat, horizon, outside in ((False, 15, False), (True, 14, True)):
+        cfg = config('--release_compat', str(compat), '--imag_horizon', '15')
+        torch.manual_seed(0)
+        agent = models.Agent(cfg, 2)
+        seen = {}
+        original = agent.behavior.imagine
+
+        def imagine(wm, start, h, ctx=None):
+            seen['horizon'] = h
+            dist = agent.behavior.actor(wm.rssm.feat({k: v.reshape(-1, v.shape[-1]) for k, v in start.items()}))
+            seen['action'] = dist.rsample()
+            return original(wm, start, h, ctx)
+
+        monkeypatch.setattr(agent.behavior, 'imagine', imagine)
+        agent.update(random_batch(A=2), step=0)
+        assert seen['horizon'] == horizon
+        assert bool((seen['action'].abs() > 1).any()) == outside
+    with pytest.raises(ConfigError, match='imag_horizon must be >= 2'):
+        config('--release_compat', 'True', '--imag_horizon', '1')

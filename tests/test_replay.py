@@ -132,3 +132,18 @@ def test_storage_lives_in_its_own_memory_maps_and_survives_growth():
     assert np.array_equal(stored, np.concatenate([ep['reward'] for ep in episodes]))
     zeros = replay_lib.mapped_zeros((3, 5), np.float32)
     assert zeros.shape == (3, 5) and zeros.dtype == np.float32 and not zeros.any()
+
+
+def test_release_compat_replay_marks_only_real_episode_starts():
+    """Official DreamerV2 starts every sampled sequence with is_first (zero state, zero action); the release's
+    world model starts from the zero state but sees the sequence's first stored action (`mark_sequence_starts`)."""
+    marked, plain = replay_lib.Replay(seed=1), replay_lib.Replay(seed=1, mark_sequence_starts=False)
+    for i in range(3):
+        marked.add_episode(make_episode(20, seed=i))
+        plain.add_episode(make_episode(20, seed=i))
+    x, y = marked.sample(64, 8), plain.sample(64, 8)
+    assert np.array_equal(x['action'], y['action']) and x['is_first'][:, 0].all()
+    starts = y['reward'][:, 0] == np.concatenate([make_episode(20, seed=i)['reward'][:1] for i in range(3)])[:, None]
+    assert np.array_equal(y['is_first'][:, 0], starts.any(0))       # true exactly where an episode really starts
+    assert 0 < y['is_first'][:, 0].sum() < 64
+    assert np.array_equal(x['is_first'][:, 1:], y['is_first'][:, 1:])
