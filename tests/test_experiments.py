@@ -313,7 +313,8 @@ def test_every_sweep_command_resolves_in_dreamer_config():
                 'runs', 'vid2act_teacher', run.logdir.split(os.sep)[1], 'seed_0'))
     kinds = [r.kind for r in sweep.build_runs(args)]
     assert kinds.count('teacher') == 2   # one per Quadruped target
-    assert kinds.count('online') == 6 * 4 + (2 * 4 - 4) + 2 * 4 + 2 * 4   # Table A shares reacher_easy -> cheetah_run
+    assert kinds.count('online') == 6 * 4 + (2 * 4 - 4) + 2 * 2 + 2 * 4   # Table A shares reacher_easy -> cheetah_run;
+    #                                                                  Table B: DisWM and DreamerV2
 
 
 # ----------------------------------------------------------------------------------------------------------- vid2act
