@@ -62,6 +62,11 @@ def source_tasks(config) -> list[str]:
                           '<offline_dir>/<task>/.')
     if len(set(tasks)) != len(tasks):
         raise ConfigError(f'--source_tasks lists a task twice: {",".join(tasks)}.')
+    target = config.task.partition('_')[2]
+    if target in tasks:
+        raise ConfigError(f'The target task {target} is also a source task (--source_tasks {",".join(tasks)}): its '
+                          f'teacher would be trained on target data. Drop it from --source_tasks or pick another '
+                          f'--task.')
     return tasks
 
 
@@ -614,9 +619,19 @@ def load_teacher(config, target_action_size: int):
             module.load_state_dict(state[name])
         except (RuntimeError, KeyError) as e:
             raise ConfigError(f"The {name} in '{ckpt_path}' does not fit its own meta ({str(e)[:300]}).") from None
+    zero_unfed_action_columns(teacher, max(sizes.values()))
     teacher.requires_grad_(False)
     teacher.eval()
     return teacher.to(config.device), meta
+
+
+def zero_unfed_action_columns(teacher: 'LabelledWorldModel', fed: int) -> None:
+    """Zeroes the prior's input weights of the padded action dims that no source task ever fed (>= `fed`). They kept
+    their random initial values through pretraining (their inputs were always zero); online, the target's actions
+    reach them, and random weights would move the teacher's prior in a way it never learned."""
+    stoch = teacher.rssm.stoch_size
+    with torch.no_grad():
+        teacher.rssm.img_in[0].weight[:, stoch + fed:stoch + teacher.action_size] = 0
 
 
 # --------------------------------------------------------------------------------------------------------------------

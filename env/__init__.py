@@ -84,13 +84,16 @@ def make_env(task: str, config: Any, seed: int, distractor: str) -> AgentEnv:
     `time_limit // action_repeat` agent steps), `size`, `camera`, `color`, `release_compat`. `seed` drives every
     random choice of the env. `distractor` is the initial set (`env.set_distractor` switches at the next reset).
 
-    With `release_compat` the released code's protocol is reproduced (DISWM_SPEC §0, §7.2-3): DMC repeats each
-    action `action_repeat`² control steps and DMC / Pusher return 2 × the reward of the last sub-step.
+    With `release_compat` the DisWM release's protocol is reproduced (README, `--release_compat` table): DMC repeats
+    each action `action_repeat`² control steps and DMC / Pusher return 2 × the reward of the last sub-step. Not for
+    `method_name: vid2act`, whose own release has neither quirk.
     """
     suite, name = split_task(task)
     action_repeat = int(config_get(config, 'action_repeat'))
     time_limit = config_get(config, 'time_limit')
-    release_compat = bool(config_get(config, 'release_compat', False))
+    # The env quirks are the DisWM release's; Vid2Act's release sums rewards over the repeat and repeats once.
+    release_compat = (bool(config_get(config, 'release_compat', False))
+                      and config_get(config, 'method_name', None) != 'vid2act')
     base = _base_class(suite)(name, config, seed, distractor)
     return wrap_base_env(
         base, action_repeat, time_limit,

@@ -264,3 +264,25 @@ def test_pretraining_then_online_training(tmp_path):
     assert {'vid2act_distill_loss', 'vid2act_vae_loss', 'vid2act_weight/finger_spin', 'vid2act_weight/cheetah_run',
             'train_return', 'eval_return', 'actor_loss'} <= keys
     assert (logdir / 'checkpoint.pt').exists()
+
+
+def test_target_among_the_sources_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match='target task cheetah_run is also a source task'):
+        vid2act.source_tasks(config(tmp_path, task='dmc2gym_cheetah_run'))
+
+
+def test_teacher_action_columns_no_source_fed_are_zeroed_on_load(setup):
+    """Sources have 2 and 6 actions, the teacher is padded to 8: prior input columns 6 and 7 never saw a non-zero
+    input in pretraining and are zeroed when the teacher is loaded; the columns the sources fed are kept."""
+    tmp_path, _ = setup
+    torch.manual_seed(0)
+    cfg = config(tmp_path)
+    sizes = {key: cfg[key] for key in vid2act.TEACHER_SIZES}
+    saved = vid2act.LabelledWorldModel(2, 8, sizes)
+    meta = dict(source_tasks=list(SOURCES), action_size=8, sizes=sizes, source_action_sizes=dict(SOURCES))
+    vid2act.save_teacher(str(tmp_path / 'T8'), saved, meta)
+    teacher, _ = vid2act.load_teacher(config(tmp_path, '--teacher_checkpoint_path', str(tmp_path / 'T8')), 4)
+    S = teacher.rssm.stoch_size
+    weight, before = teacher.rssm.img_in[0].weight, saved.rssm.img_in[0].weight
+    assert torch.all(weight[:, S + 6:S + 8] == 0) and torch.any(before[:, S + 6:S + 8] != 0)
+    assert torch.equal(weight[:, :S + 6], before[:, :S + 6]) and torch.equal(weight[:, S + 8:], before[:, S + 8:])

@@ -217,3 +217,17 @@ def test_config_get_reads_mappings_and_namespaces():
     assert config_get({}, 'a', None) is None
     with pytest.raises(KeyError, match="'a'"):
         config_get(types.SimpleNamespace(), 'a')
+
+
+@pytest.mark.parametrize('method,quirks', [('diswm', True), ('dreamerv2', True), ('vid2act', False)])
+def test_release_compat_env_quirks_are_the_diswm_release_s_not_vid2act_s(monkeypatch, method, quirks):
+    """--release_compat switches on the DisWM release's DMC repeat and reward quirks, but not for Vid2Act runs (its
+    release repeats once and sums the rewards)."""
+    import env as envs
+    seen = {}
+    monkeypatch.setattr(envs, '_base_class', lambda suite: lambda *args: FakeBase())
+    monkeypatch.setattr(envs, 'wrap_base_env', lambda base, *args, **kwargs: seen.update(kwargs))
+    config = dict(action_repeat=2, time_limit=1000, release_compat=True, method_name=method)
+    envs.make_env('dmc2gym_cheetah_run', config, 0, 'train_1')
+    assert (seen['inner_repeat'] == 2 and seen['release_reward']) == quirks
+    assert quirks or (seen['inner_repeat'] == 1 and not seen['release_reward'])
