@@ -30,7 +30,7 @@ class MethodSpec:
     load: tuple = ()              # pretrained files loaded into the world model: 'encoder', 'decoder', 'rssm'
     teacher: bool = False         # DisWM: a frozen pretrained encoder distilled into the world model's encoder
     video_stack: bool = False     # APV: the pretrained action-free RSSM stacked under a new action-conditioned one
-    intrinsic: bool = False       # APV: video-based kNN intrinsic bonus in imagination
+    intrinsic: bool = False       # APV: video-based kNN bonus added to the reward head's target on real sequences
     pad_actions: bool = False     # DV2 Finetune: actions zero-padded to the union action space
     action_free: bool = False     # the pretraining video model: zero actions, no reward head
 
@@ -202,7 +202,8 @@ class WorldModel(nn.Module):
     """Encoder -> [action-free video RSSM (APV)] -> RSSM -> decoder and reward head.
 
     Loss = image NLL + reward_scale * reward NLL + KL balancing + the weighted terms of `self.parts`
-    (beta-VAE prior, distillation, ...), each reported under its own name.
+    (beta-VAE prior, distillation, ...), each reported under its own name. APV's reward NLL is against the reward
+    plus its video-based bonus (`VideoIntrinsicBonus`).
     """
 
     def __init__(self, config, action_size: int, spec: MethodSpec, step: int = 0):
@@ -230,6 +231,9 @@ class WorldModel(nn.Module):
         else:
             self.video_rssm = None
         self.rssm = networks.RSSM(action_size=self.rssm_action_size, embed_size=embed, **rssm_kwargs)
+        # APV's bonus, on the video model's features of real sequences; `intr_beta 0` disables it (APV, the release)
+        self.intrinsic = VideoIntrinsicBonus(self.video_rssm.feat_size, config, config.seed) \
+            if spec.intrinsic and config.intr_beta != 0 else None
         feat = self.rssm.feat_size
         self.decoder = networks.BetaVAEDecoder(feat, config.z_dim) if config.beta_vae else networks.ConvDecoder(
             feat, config.cnn_depth)
@@ -279,7 +283,9 @@ class WorldModel(nn.Module):
             post, prior = self.rssm.observe_action_free(embed, data['is_first'])
         else:
             post, prior = self.rssm.observe(embed, self.pad_action(data['action']), data['is_first'], sample=sample)
-        return dict(image=image, enc=enc, post=post, prior=prior, video=video)
+        # video_feat: the video model's posterior features, the RSSM's input (APV's bonus is measured on them)
+        return dict(image=image, enc=enc, post=post, prior=prior, video=video,
+                    video_feat=embed if video is not None else None)
 
     def loss(self, data: dict, step: int):
         """Returns (total loss, outputs, metrics as tensors). `step` is the real agent step (schedules)."""
@@ -288,14 +294,23 @@ class WorldModel(nn.Module):
         feat = self.rssm.feat(out['post'])
         out['feat'] = feat
         out['data'] = data
-        terms = {}
+        terms, metrics = {}, {}
         recon = self.decoder(feat)
         terms['image'] = (tools.gaussian_nll(recon, out['image'], 3).mean(), 1.0)
         if self.reward is not None:
-            terms['reward'] = (tools.gaussian_nll(self.reward(feat), data['reward'], 0).mean(), cfg.reward_scale)
+            reward_feat, target = feat, data['reward']
+            if self.intrinsic is not None:
+                # APV: the reward head learns reward + beta * bonus on the T - S + 1 steps that start a window
+                bonus = self.intrinsic(out['video_feat'])                          # (B, T - S + 1), no gradient
+                steps = bonus.shape[1]
+                reward_feat, target = feat[:, :steps], data['reward'][:, :steps] + self.intrinsic.beta * bonus
+                metrics['intr_reward'] = bonus.mean()
+                metrics['intr_magnitude'] = self.intrinsic.magnitude.float()
+            out['reward_target'] = target
+            terms['reward'] = (tools.gaussian_nll(self.reward(reward_feat), target, 0).mean(), cfg.reward_scale)
         kl_loss, kl_value = tools.balanced_kl(out['post'], out['prior'], cfg.kl_balance, cfg.kl_free, cfg.kl_scale)
         terms['kl'] = (kl_loss, 1.0)
-        metrics = {'kl_value': kl_value}
+        metrics['kl_value'] = kl_value
         if out['video'] is not None:
             video_kl, video_value = tools.balanced_kl(*out['video'], cfg.kl_balance, cfg.kl_free, cfg.kl_scale)
             terms['video_kl'] = (video_kl, 1.0)
@@ -358,54 +373,104 @@ class WorldModel(nn.Module):
 # APV's video-based intrinsic bonus
 # --------------------------------------------------------------------------------------------------------------------
 class VideoIntrinsicBonus(nn.Module):
-    """APV's intrinsic bonus: distance to the k-th nearest neighbour, in a fixed random projection of features
-    averaged over `seq_length` steps, among a FIFO queue of features of real training sequences; normalised by a
-    running std and weighted by `intr_beta`."""
+    """APV's video-based intrinsic bonus (Seo et al., ICML 2022), computed on REAL replay sequences.
+
+    For a replay batch, with f_t the action-free video model's posterior feature (stoch ++ deter, the sampled
+    `video_rssm` state the action-conditioned RSSM takes as its input; detached):
+      1. seq_i = mean(f_i .. f_{i+S-1}) for every window of S = `intr_seq_length` steps inside each sequence (no
+         padding: T - S + 1 windows per sequence of T steps);
+      2. key_i = seq_i @ W, with W a fixed random (feat, `queue_dim`) matrix with N(0, (1/queue_dim)^2) entries;
+      3. the batch's keys are pushed FIFO into the front of a queue of `queue_size` keys (the oldest fall out at the
+         back), BEFORE the distances are measured, so the queue holds this batch's keys too;
+      4. raw_i = the MEAN L2 distance from key_i to its k = min(`intr_k`, keys in the queue) nearest keys in the queue
+         (a key is its own nearest neighbour, at distance 0: APV counts it);
+      5. a running magnitude m (initialised to 1) is updated once per update, m <- 0.99 m + 0.01 mean_i |raw_i|, and
+         then bonus_i = raw_i / (m + 1e-8) (DreamerV2's StreamNorm, momentum 0.99, scale 1, eps 1e-8);
+      6. the reward head is trained on the first T - S + 1 steps of the batch against reward_i + `intr_beta` *
+         bonus_i (the bonus carries no gradient); imagination then uses the reward head as usual, so the actor's
+         gradient flows through the reward head and the imagined rewards get no separate bonus.
+    Everything is computed in float64 outside autocast (the distance of a key to itself stays 0).
+
+    Constants and their sources (APV: younggyoseo/apv, apv_finetuning/; the release: qiwang067/DisWM):
+      - feature = the video model's posterior feature, windows of S = 5 (`intr_seq_length`): APV agent.py
+        WorldModel.loss (`seq_feat = af_feat`, `sliding_window(..., intr_seq_length).mean`), configs.yaml
+        `intr_seq_length: 5`; the release models.py WorldModel._train (`compute_bonus(data, embed_af)`),
+        configs.yaml `intr_seq_length: 5`.
+      - W with N(0, (1/queue_dim)^2) entries (std 1/queue_dim), queue_dim = 128: APV agent.py `random_projection_matrix`
+        (`stddev=1.0 / config.queue_dim`), configs.yaml `queue_dim: 128`; the release exploration.py VideoIntrBonus
+        (`std=... / queue_dim`), configs.yaml `queue_dim: 128`. W is seeded from `--seed` here.
+      - queue of 4096 keys, filled first (newest at the front): APV agent.py `construct_queue` called before the
+        distances, configs.yaml `queue_size: 4096`; the release exploration.py `construct_queue`, `queue_size: 4096`.
+      - k = 16 (`intr_k`), mean of the k smallest distances: APV agent.py `top_k(-dist, k=min(k, len(queue)))
+        .values.mean(1)`, configs.yaml `k: 16`; the release exploration.py `torch.topk(...).values.mean(1)`, `k: 16`.
+      - normalisation m: momentum 0.99, init 1, eps 1e-8, scale 1: APV configs.yaml `intr_reward_norm: {momentum:
+        0.99, scale: 1.0, eps: 1e-8}` with DreamerV2's StreamNorm (mag initialised to ones, update then transform);
+        the release configs.yaml `intr_reward_norm: {momentum: 0.99, scale: 1.0, eps: 1e-8, init: 1.0}`, tools.py
+        StreamNorm.
+      - intr_beta = 1.0, added to the reward TARGET (`data["reward"][:, :t] + beta * int_rew`, reward head on
+        `feat[:, :t]`): APV agent.py WorldModel.loss, configs.yaml `beta: 1.0` (Meta-world; APV's `dmc_vision`
+        preset uses 0.1); the release exploration.py `beta_type: abs` branch, configs.yaml `intr_beta: 1.0` for
+        every suite, which this reimplementation keeps as its default.
+    The release ports APV's computation step for step; it differs from APV in none of the above, so
+    `--release_compat` changes nothing here. `intr_beta 0` removes the bonus entirely (the reward head then sees all T
+    steps), as in both.
+    """
+
+    MOMENTUM, EPS = 0.99, 1e-8     # APV / release `intr_reward_norm` (StreamNorm; scale 1.0)
 
     def __init__(self, feat_size: int, config, seed: int = 0):
         super().__init__()
+        if config.batch_length < config.intr_seq_length:
+            raise tools.ConfigError(f"APV's bonus averages windows of --intr_seq_length {config.intr_seq_length} "
+                                    f"steps of a replay sequence: --batch_length {config.batch_length} is shorter.")
         gen = torch.Generator().manual_seed(seed)
-        self.register_buffer('projection', torch.randn(feat_size, config.queue_dim, generator=gen) /
-                             np.sqrt(config.queue_dim))
-        self.register_buffer('queue', torch.zeros(config.queue_size, config.queue_dim))
-        self.register_buffer('running_var', torch.ones(()))
-        self.count = 0  # a Python int (saved via extra state), so the update never syncs with the device
+        self.register_buffer('projection', torch.randn(feat_size, config.queue_dim, generator=gen,
+                                                       dtype=torch.float64) / config.queue_dim)
+        self.register_buffer('queue', torch.zeros(config.queue_size, config.queue_dim, dtype=torch.float64))
+        self.register_buffer('magnitude', torch.ones((), dtype=torch.float64))
+        self.filled = 0  # a Python int (saved via extra state), so the update never syncs with the device
         self.k, self.seq_length, self.beta = config.intr_k, config.intr_seq_length, config.intr_beta
 
-    def _embed(self, feat: torch.Tensor) -> torch.Tensor:
-        """(T, N, F) -> (T', N, D): mean over sliding windows of seq_length along time, then project."""
-        length = min(self.seq_length, feat.shape[0])
-        windows = feat.unfold(0, length, 1).mean(-1)
-        return windows @ self.projection
-
-    @torch.no_grad()
-    def update_queue(self, feat: torch.Tensor) -> None:
-        """Adds projected windows of real sequences (B, T, F)."""
-        keys = self._embed(feat.transpose(0, 1)).reshape(-1, self.queue.shape[1])
-        size = self.queue.shape[0]
-        keys = keys[-size:]
-        idx = (self.count + torch.arange(len(keys), device=keys.device)) % size
-        self.queue[idx] = keys
-        self.count += len(keys)
-
     def get_extra_state(self):
-        return {'count': self.count}
+        return {'filled': self.filled}
 
     def set_extra_state(self, state):
-        self.count = int(state['count'])
+        self.filled = int(state['filled'])
+
+    def keys(self, feat: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) -> (B, T - S + 1, queue_dim): window means along time, projected (float64)."""
+        windows = feat.double().unfold(1, self.seq_length, 1).mean(-1)
+        return windows @ self.projection
+
+    def push(self, keys: torch.Tensor) -> None:
+        """Puts (N, D) keys at the front of the FIFO queue; the oldest keys fall out at the back."""
+        size = self.queue.shape[0]
+        self.queue.copy_(torch.cat([keys, self.queue], 0)[:size])
+        self.filled = min(self.filled + len(keys), size)
+
+    def knn_distance(self, keys: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N,): mean distance to the min(k, filled) nearest keys in the queue. Changes nothing."""
+        queue = self.queue[:self.filled]
+        dist = torch.cdist(keys, queue)                               # float64, so a key's own distance stays ~0
+        return dist.topk(min(self.k, len(queue)), dim=-1, largest=False).values.mean(-1)
+
+    def update_magnitude(self, raw: torch.Tensor) -> None:
+        """The running mean magnitude of the raw bonus; called once per update, by `forward` only."""
+        self.magnitude.mul_(self.MOMENTUM).add_((1 - self.MOMENTUM) * raw.abs().mean())
 
     @torch.no_grad()
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        """Bonus for imagined features (H+1, N, F) -> (H+1, N); windows end at each step (left-padded)."""
-        padded = torch.cat([feat[:1].expand(self.seq_length - 1, -1, -1), feat], 0)
-        keys = self._embed(padded)
-        filled = min(self.count, self.queue.shape[0])
-        if filled < self.k:
-            return torch.zeros(feat.shape[:2], device=feat.device)
-        dist = torch.cdist(keys.reshape(-1, keys.shape[-1]), self.queue[:filled])
-        kth = dist.kthvalue(self.k, dim=-1).values.reshape(feat.shape[:2])
-        self.running_var.mul_(0.99).add_(0.01 * kth.var())
-        return self.beta * kth / self.running_var.clamp_min(1e-8).sqrt()
+    def forward(self, video_feat: torch.Tensor) -> torch.Tensor:
+        """One update's bonus for a replay batch of video-model features (B, T, F) -> (B, T - S + 1), normalised,
+        without `intr_beta`. Pushes the batch into the queue and updates the running magnitude (once)."""
+        with torch.autocast(video_feat.device.type, enabled=False):
+            keys = self.keys(video_feat.detach())
+            batch, steps = keys.shape[:2]
+            keys = keys.reshape(batch * steps, -1)
+            self.push(keys)
+            raw = self.knn_distance(keys)
+            self.update_magnitude(raw)
+            bonus = raw / (self.magnitude + self.EPS)
+        return bonus.reshape(batch, steps).float()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -477,8 +542,6 @@ class Agent(nn.Module):
         self.action_size = action_size
         self.wm = self.make_world_model(config, action_size, step)
         self.behavior = self.make_behavior(config, action_size)
-        self.intrinsic = VideoIntrinsicBonus(self.wm.rssm.feat_size, config, config.seed) if self.spec.intrinsic \
-            else None
         self.to(config.device)
         opt = lambda name, params, lr: tools.Optimizer.for_config(name, params, lr, config)
         self._wm_params = self.wm.trainable_parameters()
@@ -511,11 +574,9 @@ class Agent(nn.Module):
         return out
 
     def reward_fn(self, feats: torch.Tensor) -> torch.Tensor:
-        """Imagined features (H+1, N, F) -> rewards of the first H states (H, N) (the last one's is never used)."""
-        reward = self.wm.reward(feats[:-1])
-        if self.intrinsic is not None:
-            reward = reward + self.intrinsic(feats)[:-1]     # the bonus' running scale still sees all H+1 states
-        return reward
+        """Imagined features (H+1, N, F) -> rewards of the first H states (H, N) (the last one's is never used).
+        APV's bonus is in the reward head itself (trained on reward + beta * bonus), as in APV."""
+        return self.wm.reward(feats[:-1])
 
     def update(self, batch: dict, step: int) -> dict:
         """One world-model and one actor-critic update; metrics stay tensors (no host sync here)."""
@@ -532,10 +593,6 @@ class Agent(nn.Module):
         metrics['model_grad_norm'] = self.model_opt.step(loss)
         for p in self._wm_params:
             p.requires_grad_(False)
-        if self.intrinsic is not None:
-            feat = out['feat'].detach().float()
-            self.intrinsic.update_queue(feat)
-            metrics['intr_reward'] = self.intrinsic(feat.transpose(0, 1)).mean()
         return out, metrics
 
     def update_behavior(self, out: dict) -> dict:

@@ -105,7 +105,9 @@ def test_behavior_losses_match_heads_on_all_imagined_states(release_compat):
     start = {k: v + torch.randn_like(v) for k, v in start.items()}
 
     def plain_losses():
-        feats, entropy = behavior.imagine(agent.wm, start, config.imag_horizon)
+        # The release keeps H states (s_0 .. s_{H-1}); official DreamerV2 H + 1.
+        states = config.imag_horizon if release_compat else config.imag_horizon + 1
+        feats, entropy = behavior.imagine(agent.wm, start, states - 1)
         reward = agent.wm.reward(feats)
         value = behavior.slow_critic(feats)
         discount = torch.full_like(reward, config.discount)

@@ -89,20 +89,116 @@ def test_apv_stacks_video_model_and_adds_bonus(tmp_path):
     assert {'video_kl_loss', 'intr_reward'} <= set(metrics) and metrics['intr_reward'] > 0
 
 
-def test_intrinsic_bonus_is_knn_distance():
-    cfg = config('--queue_size', '8', '--queue_dim', '4', '--intr_k', '2', '--intr_seq_length', '1')
-    bonus = models.VideoIntrinsicBonus(3, cfg)
-    real = torch.randn(1, 8, 3)
-    bonus.update_queue(real)
-    query = torch.randn(1, 5, 3)
-    keys = real[0] @ bonus.projection
-    q = query[0] @ bonus.projection
-    dist = torch.cdist(q, keys)
-    kth = dist.sort(-1).values[:, 1]                               # 2nd nearest neighbour
-    var_before = bonus.running_var.clone()
-    out = bonus(query)
-    expected = kth / (0.99 * var_before + 0.01 * kth.var()).sqrt()
-    assert torch.allclose(out[0], expected, atol=1e-5)
+def reference_bonus(video_feat, projection, queue, filled, magnitude, k, seq_length):
+    """APV's bonus the slow, obvious way (numpy float64): window means, projection, push into the front of the FIFO
+    queue, every distance, sort, mean of the k smallest, running magnitude (0.99, 0.01), divide by it + 1e-8.
+    Returns (bonus (B, T - S + 1), new queue, new filled, new magnitude)."""
+    feat, proj = np.asarray(video_feat, np.float64), np.asarray(projection, np.float64)
+    batch, length, _ = feat.shape
+    steps = length - seq_length + 1
+    keys = [feat[b, i:i + seq_length].mean(0) @ proj for b in range(batch) for i in range(steps)]
+    size = len(queue)
+    new_queue = np.concatenate([np.array(keys), np.asarray(queue, np.float64)], 0)[:size]
+    new_filled = min(filled + len(keys), size)
+    raw = []
+    for key in keys:
+        dists = sorted(float(np.sqrt(((key - entry) ** 2).sum())) for entry in new_queue[:new_filled])
+        raw.append(np.mean(dists[:min(k, new_filled)]))
+    raw = np.array(raw)
+    new_magnitude = 0.99 * float(magnitude) + 0.01 * np.abs(raw).mean()
+    return (raw / (new_magnitude + 1e-8)).reshape(batch, steps), new_queue, new_filled, new_magnitude
+
+
+def test_intrinsic_bonus_matches_slow_reference():
+    """APV's bonus on a small example (queue of 8, k = 3, windows of 2 steps) equals the slow computation, update
+    after update: k is capped by the filled queue, the queue overflows FIFO, the magnitude starts at 1."""
+    cfg = config('--queue_size', '8', '--queue_dim', '4', '--intr_k', '3', '--intr_seq_length', '2')
+    bonus = models.VideoIntrinsicBonus(5, cfg)
+    assert not list(bonus.parameters())                               # projection, queue, magnitude: buffers only
+    assert np.allclose(bonus.projection.std().item(), 1 / 4, rtol=0.5)   # N(0, (1/queue_dim)^2)
+    gen = torch.Generator().manual_seed(0)
+    queue, filled, magnitude = np.zeros((8, 4)), 0, 1.0
+    for shape in [(1, 2, 5), (2, 3, 5), (2, 4, 5), (1, 6, 5)]:      # 1 key (k -> 1), 4, 6 (overflow), 5 keys
+        feat = torch.randn(*shape, generator=gen)
+        expected, queue, filled, magnitude = reference_bonus(feat.numpy(), bonus.projection.numpy(), queue, filled,
+                                                             magnitude, 3, 2)
+        out = bonus(feat)
+        assert out.shape == expected.shape and out.dtype == torch.float32
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(bonus.queue.numpy(), queue, rtol=1e-12, atol=1e-12)
+        assert bonus.filled == filled and bonus.magnitude.item() == pytest.approx(magnitude, rel=1e-12)
+    assert filled == 8 and magnitude != 1.0
+    # its state (queue, fill count, magnitude) survives a state_dict round trip
+    fresh = models.VideoIntrinsicBonus(5, cfg, seed=1)
+    fresh.load_state_dict(bonus.state_dict())
+    assert fresh.filled == 8 and torch.equal(fresh.queue, bonus.queue)
+    assert torch.equal(fresh.projection, bonus.projection) and torch.equal(fresh.magnitude, bonus.magnitude)
+    with pytest.raises(ConfigError, match='intr_seq_length 5'):
+        models.VideoIntrinsicBonus(5, config('--intr_seq_length', '5', '--batch_length', '4'))
+
+
+def test_apv_reward_head_target_includes_bonus(tmp_path):
+    """APV's reward loss is the NLL of the reward head on the first T - S + 1 real steps against reward + beta *
+    bonus, the bonus measured on the video model's features; the target has no gradient path (video model, queue),
+    and the imagined rewards are the reward head's alone."""
+    make_checkpoint(tmp_path)
+    agent = models.Agent(method_config('apv', tmp_path, '--queue_size', '32', '--intr_k', '3', '--intr_beta', '0.5',
+                                       '--intr_seq_length', '3'), 6)
+    wm, bonus = agent.wm, agent.wm.intrinsic
+    agent.update(random_batch(seed=5), step=0)                       # a queue that is not empty
+    before = dict(queue=bonus.queue.numpy().copy(), filled=bonus.filled, magnitude=bonus.magnitude.item())
+    data = agent.to_torch(random_batch(B=2, T=8, seed=6))
+    wm.requires_grad_(True)
+    torch.manual_seed(0)
+    _, out, metrics = wm.loss(data, 0)
+    video_feat = out['video_feat']
+    assert video_feat.requires_grad and not out['reward_target'].requires_grad
+    expected, *_ = reference_bonus(video_feat.detach().numpy(), bonus.projection.numpy(), before['queue'],
+                                   before['filled'], before['magnitude'], 3, 3)
+    assert expected.shape == (2, 6)                                   # T - S + 1 steps
+    target = data['reward'][:, :6] + 0.5 * torch.as_tensor(expected, dtype=torch.float32)
+    torch.testing.assert_close(out['reward_target'], target, rtol=1e-6, atol=1e-6)
+    by_hand = tools.gaussian_nll(wm.reward(out['feat'][:, :6]), target, 0).mean()
+    assert metrics['reward_loss'].item() == pytest.approx(by_hand.item(), rel=1e-6)
+    extrinsic_only = tools.gaussian_nll(wm.reward(out['feat'][:, :6]), data['reward'][:, :6], 0).mean()
+    assert abs(by_hand.item() - extrinsic_only.item()) > 1e-3
+    assert metrics['intr_reward'].item() == pytest.approx(expected.mean(), rel=1e-6)
+    # no gradient path from the bonus into the video model (or the queue): the bonus of features that require
+    # gradients is a constant, and the bonus holds no parameters and sits in no optimizer
+    probe = bonus(video_feat)
+    assert video_feat.requires_grad and probe.grad_fn is None and not probe.requires_grad
+    wm.requires_grad_(False)
+    opt_params = {id(p) for group in agent.model_opt.opt.param_groups for p in group['params']}
+    assert not list(bonus.parameters()) and not any(id(b) in opt_params for b in bonus.buffers())
+    # imagination: the reward head alone (the bonus is inside it)
+    feats = torch.randn(4, 3, wm.rssm.feat_size)
+    assert torch.equal(agent.reward_fn(feats), wm.reward(feats[:-1]))
+
+
+def test_apv_bonus_statistics_update_once_per_update(tmp_path, monkeypatch):
+    """The queue and the running magnitude change once per update, in the world-model loss; logging, acting and
+    open-loop predictions leave them alone."""
+    make_checkpoint(tmp_path)
+    agent = models.Agent(method_config('apv', tmp_path, '--queue_size', '64', '--intr_k', '2'), 6)
+    bonus = agent.wm.intrinsic
+    calls = []
+    original = models.VideoIntrinsicBonus.update_magnitude
+    monkeypatch.setattr(models.VideoIntrinsicBonus, 'update_magnitude',
+                        lambda self, raw: (calls.append(raw.clone()), original(self, raw))[1])
+    S = agent.config.intr_seq_length
+    for i in range(3):
+        magnitude = bonus.magnitude.item()
+        metrics = agent.update(random_batch(B=2, T=8, seed=i), step=0)
+        assert len(calls) == i + 1 and bonus.filled == min(64, (i + 1) * 2 * (8 - S + 1))
+        assert bonus.magnitude.item() == pytest.approx(0.99 * magnitude + 0.01 * calls[-1].abs().mean().item())
+        assert {'intr_reward', 'intr_magnitude'} <= set(metrics)
+        {k: float(v) for k, v in metrics.items()}                    # what the logger does
+    state = {k: v.clone() for k, v in bonus.state_dict().items() if torch.is_tensor(v)}
+    batch = random_batch(B=2, T=8, seed=9)
+    agent.policy({'image': batch['image'][:, 0], 'is_first': batch['is_first'][:, 0]}, None, training=True)
+    agent.wm.open_loop(agent.to_torch(batch))
+    assert len(calls) == 3
+    assert all(torch.equal(v, bonus.state_dict()[k]) for k, v in state.items())
 
 
 def test_checkpoint_shape_mismatch_names_both_sizes(tmp_path):
