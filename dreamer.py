@@ -330,7 +330,12 @@ def read_checkpoint(path: str, device='cpu') -> dict:
 def load_checkpoint(path: str, agent, replay, state: dict | None = None) -> dict:
     """Loads a checkpoint (or its already read `state`) into `agent` (and the replay's sampling RNG)."""
     state = read_checkpoint(path, agent.config.device) if state is None else state
-    agent.load_state_dict(state['agent'])
+    try:
+        agent.load_state_dict(state['agent'])
+    except RuntimeError as e:   # e.g. written by a code version whose APV bonus kept other buffers
+        details = ' '.join(str(e).split())[:300]
+        raise ConfigError(f"Checkpoint '{path}' does not fit the agent this code builds ({details}): it was written "
+                          f"by another version of the code. Use that version to resume it, or a new --logdir.") from None
     agent.load_optimizer_state(state['optimizers'])
     agent.updates = state['counters'].get('updates', 0)
     tools.set_rng_state(state['rng'])

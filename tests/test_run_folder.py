@@ -225,3 +225,21 @@ def test_nan_online_update_stops_the_run_before_any_checkpoint(tmp_path):
     assert proc.returncode == 2 and 'Non-finite' in proc.stderr and 'Traceback' not in proc.stderr
     assert not os.path.exists(os.path.join(logdir, 'checkpoint.pt'))
     assert not os.path.exists(os.path.join(logdir, 'finished.json'))
+
+
+def test_checkpoint_of_another_code_version_gets_one_message(tmp_path):
+    """A checkpoint whose weights do not fit the agent this code builds (keys renamed by a code change) stops the
+    resume with one message naming the mismatch, not a traceback."""
+    import torch
+
+    import dreamer
+    import models
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu'])
+    agent = models.make_agent(config, 2)
+    state = agent.state_dict()
+    state['wm.old_buffer'] = torch.zeros(3)
+    path = str(tmp_path / 'checkpoint.pt')
+    torch.save(dict(agent=state, optimizers=agent.optimizer_state(), counters={}, rng=tools.rng_state()), path)
+    with pytest.raises(tools.ConfigError, match=r"does not fit the agent this code builds .*wm.old_buffer.*another "
+                                                r"version of the code"):
+        dreamer.load_checkpoint(path, agent, None)
