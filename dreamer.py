@@ -680,7 +680,8 @@ def evaluate_only(config, explicit=frozenset()) -> None:
 # Stage 1: action-free beta-VAE video pretraining
 # --------------------------------------------------------------------------------------------------------------------
 def pretrain_video(config) -> None:
-    """Trains the action-free beta-VAE video prediction model on a folder of video episodes (DISWM_SPEC §1a)."""
+    """Trains the action-free beta-VAE video prediction model on a folder of video episodes
+    (docs/method.md, "Stage 1")."""
     import imageio.v2 as imageio
     import models
     import replay as replay_lib

@@ -145,7 +145,8 @@ class BetaVAEPrior(nn.Module):
 def distillation_loss(teacher_z: torch.Tensor, student_z: torch.Tensor) -> torch.Tensor:
     """KL(softmax(z_teacher) || softmax(z_student)) over the latent dims; summed over time, mean over batch.
 
-    Inputs are (B, T, z) reparameterised samples (DISWM_SPEC §1b: the release's kl_div 'batchmean' on (B, T, z)).
+    Inputs are (B, T, z) reparameterised samples, as the release's kl_div 'batchmean' on (B, T, z)
+    (docs/method.md, "Stage 2").
     """
     log_t = F.log_softmax(teacher_z.float(), -1)
     log_s = F.log_softmax(student_z.float(), -1)
@@ -157,7 +158,8 @@ class Distillation(nn.Module):
 
     Paper-faithful by default: the teacher is in eval mode, receives no gradient, sits in no optimizer, and eta follows
     the real agent step. With `release_compat` the teacher is trained through the KL target and eta is frozen at its
-    construction value, as in the authors' release (DISWM_SPEC §0, §7).
+    construction value, as in the authors' release (docs/method.md, "Stage 2" and
+    "The released code's behaviours and --release_compat").
     """
 
     def __init__(self, teacher: nn.Module, config, construction_step: int):
@@ -165,7 +167,8 @@ class Distillation(nn.Module):
         self.teacher = teacher
         self.config = config
         self.release_compat = config.release_compat
-        self.frozen_eta = tools.distill_weight(construction_step, config)
+        # The release builds its agent after the prefill (or at the resume step) and freezes eta there.
+        self.frozen_eta = tools.distill_weight(max(construction_step, config.prefill), config)
         if not self.release_compat:
             self.teacher.requires_grad_(False)
             self.teacher.eval()

@@ -166,7 +166,8 @@ def _guess(text: str) -> Any:
 
 
 # Release flags that select a method (kept as aliases so the authors' README commands run unchanged). The release's
-# comments swap the last two: `fine_tune` is APV, `naive_fine_tune` is DV2 Finetune (DISWM_SPEC §0).
+# comments swap the last two: `fine_tune` is APV, `naive_fine_tune` is DV2 Finetune
+# (docs/method.md, "The released code's behaviours and --release_compat").
 METHOD_ALIASES = {'distillation': 'diswm', 'fine_tune': 'apv', 'naive_fine_tune': 'dv2_finetune'}
 METHODS = ('dreamerv2', 'diswm', 'dv2_finetune', 'apv', 'vid2act')
 PRESET_TYPOS = {'metawolrd': 'metaworld'}
@@ -547,7 +548,8 @@ def lambda_return(reward, next_value, discount, lambda_: float, reverse_bug: boo
     """TD(lambda) returns, time-major (T, ...): R_t = r_t + g_t * ((1 - l) V_{t+1} + l R_{t+1}), R_T = V_T.
 
     `next_value[t]` is V(s_{t+1}), so `next_value[-1]` is the bootstrap (V(s_0) is never needed). With `reverse_bug`
-    the outputs come back in reversed time order, reproducing dreamer-torch / the DisWM release (DISWM_SPEC §7.11).
+    the outputs come back in reversed time order, reproducing dreamer-torch / the DisWM release
+    (docs/method.md, "The released code's behaviours and --release_compat").
     """
     inputs = reward + discount * next_value * (1 - lambda_)
     outputs = [None] * reward.shape[0]
@@ -560,7 +562,7 @@ def lambda_return(reward, next_value, discount, lambda_: float, reverse_bug: boo
 
 
 def distill_weight(step: int, cfg) -> float:
-    """The DisWM distillation weight eta at an agent step (DISWM_SPEC §1b, paper-faithful by default).
+    """The DisWM distillation weight eta at an agent step (docs/method.md, "Stage 2"; paper-faithful by default).
 
     same domain:  eta0 * max(1 - step / decay, floor)
     cross domain: 0 before `delay` agent steps, then eta0 * max(1 - (step - delay) / decay, floor)

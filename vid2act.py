@@ -1,4 +1,4 @@
-"""Vid2Act baseline (Pan et al., "Model-Based RL with Multi-Task Offline Pretraining"; VID2ACT_SPEC.md).
+"""Vid2Act baseline (Pan et al., "Model-Based RL with Multi-Task Offline Pretraining"; docs/vid2act.md).
 
 Two stages, both run through `dreamer.py`:
 
@@ -16,11 +16,12 @@ Two stages, both run through `dreamer.py`:
    - `Vid2ActBehavior`: the actor sees [f ; CVAE decoder hidden for the highest-weight teacher k*], the critic f only,
    - acting with one recurrent state per teacher, reset at episode starts.
 
-Release bugs fixed here (VID2ACT_SPEC §5): weights are stacked before the softmax (1); no hard-coded 2500/50 or bare
-squeeze (2); the adaptive weighting is the only path, so there is no undefined branch (3); the CVAE's action and
-latent sizes follow the padded action size (4); per-teacher acting states (5; reproduced with `release_compat`);
-a working label-conditioned pretraining with per-task folders (6); DMC actions padded to one size (7); the teacher runs
-under `no_grad` (8). The reversed lambda-returns (9) are handled by `tools.lambda_return` via `ImagBehavior`.
+Release bugs fixed here (docs/vid2act.md, "Release bugs fixed"): weights are stacked before the softmax (1); no
+hard-coded 2500/50 or bare squeeze (2); the adaptive weighting is the only path, so there is no undefined branch (3);
+the CVAE's action and latent sizes follow the padded action size (4); per-teacher acting states (5; reproduced with
+`release_compat`); a working label-conditioned pretraining with per-task folders (6); DMC actions padded to one size
+(7); the teacher runs under `no_grad` (8). The reversed lambda-returns (9) are handled by `tools.lambda_return` via
+`ImagBehavior`.
 """
 from __future__ import annotations
 
@@ -652,7 +653,8 @@ def target_action_size(config) -> int:
 
 
 def pretrain_teacher(config) -> None:
-    """Trains the label-conditioned teacher on `<offline_dir>/<task>/` for every source task (VID2ACT_SPEC §1, §6.2).
+    """Trains the label-conditioned teacher on `<offline_dir>/<task>/` for every source task
+    (docs/vid2act.md, "Design").
 
     Updates = pretrain_steps // batch_size, each on a batch with an equal share of sequences per task. Saves
     teacher.pt + teacher_meta.json every `pretrain_save_every` updates and at the end; rerunning resumes.

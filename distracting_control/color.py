@@ -1,6 +1,6 @@
 """Colour distractor: recolours MuJoCo materials (or geoms) independently of the agent.
 
-DisWM (DISWM_SPEC §3, "Colour distractors") recolours every material of the scene. A *colour set* is an axis-aligned
+DisWM (docs/method.md, "Colour distractors") recolours every material of the scene. A *colour set* is an axis-aligned
 RGB box `base ± max_delta`; the train set is centred on (0.7, 0.3, 0.5), the test set on (0.5, 0.7, 0.3), so with
 max_delta 0.2 the two boxes touch only on the plane G = 0.5. At every reset each colour is drawn uniformly in the
 box; after that, every control step moves it by a Gaussian random walk (std `step_std`) clipped back into the box.
@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-# Defaults of the release's configs (DISWM_SPEC §3); a config dict overrides any of them.
+# Defaults of the release's configs (docs/method.md, "Colour distractors"); a config dict overrides any of them.
 DEFAULT_COLOR_CONFIG = {
     'train_base': (0.7, 0.3, 0.5),
     'test_base': (0.5, 0.7, 0.3),

@@ -103,8 +103,8 @@ def make_env(task: str, config: Any, seed: int, distractor: str) -> AgentEnv:
 
 
 def distractor_schedule(task: str, color_distractor: bool, clean_render: bool = False) -> dict[str, str]:
-    """Distractor set per phase (DISWM_SPEC §3 "When the environment switches"); `dreamer.py` switches from the
-    `*_1` to the `*_2` sets halfway through training.
+    """Distractor set per phase (docs/method.md, "Colour distractors", "When the environment switches");
+    `dreamer.py` switches from the `*_1` to the `*_2` sets halfway through training.
 
     DMC / Pusher with `color_distractor`: train and eval both use the train colours, then both the test colours.
     Without it: train on the train colours and evaluate on the test colours throughout.

@@ -1,4 +1,4 @@
-"""DrawerWorld: Meta-World v3 drawer tasks with procedurally textured tables (DISWM_SPEC §3, §5).
+"""DrawerWorld: Meta-World v3 drawer tasks with procedurally textured tables (docs/method.md, "Colour distractors").
 
 The paper's DrawerWorld puts a `grid`, `wood` or `metal` texture on the table (train: grid then wood; eval: metal).
 The textures are generated here with numpy, so nothing is downloaded, and written into the model's table texture.

@@ -1,4 +1,4 @@
-"""Gymnasium MuJoCo `Pusher-v5` with the DisWM colour distraction (DISWM_SPEC §3 "Pusher").
+"""Gymnasium MuJoCo `Pusher-v5` with the DisWM colour distraction (docs/method.md, "Colour distractors").
 
 Set `MUJOCO_GL` (e.g. `egl`) before this module is imported.
 """

@@ -77,9 +77,10 @@ class ActionRepeat(_Wrapper):
     Default (paper-faithful): rewards are summed over all sub-steps. The loop stops early as soon as a sub-step ends
     the episode (terminated or truncated). `info['success']` is True if any sub-step reported success.
 
-    `release_reward=True` reproduces the released code (DISWM_SPEC §7.2-3): each of the `repeat` sub-steps is itself
-    `inner_repeat` base steps with summed reward (the release's dmc2gym frame skip; 1 for Pusher), and the agent gets
-    2 × the reward of the LAST sub-step only. For DMC the release uses `repeat = inner_repeat = action_repeat`.
+    `release_reward=True` reproduces the released code (docs/method.md, "The released code's behaviours and
+    --release_compat"): each of the `repeat` sub-steps is itself `inner_repeat` base steps with summed reward (the
+    release's dmc2gym frame skip; 1 for Pusher), and the agent gets 2 × the reward of the LAST sub-step only. For DMC
+    the release uses `repeat = inner_repeat = action_repeat`.
     """
 
     def __init__(self, env: Any, repeat: int, inner_repeat: int = 1, release_reward: bool = False):

@@ -1,4 +1,4 @@
-"""Disentanglement metrics for DisWM (docs: /work/shared/docs/DISENTANGLEMENT.md).
+"""Disentanglement metrics for DisWM (docs/disentanglement.md, "Protocol and pitfalls").
 
 Arrays: ``latents`` (N, L) encoder means, ``factors`` (N, K) ground truth, ``episode_ids`` (N,).
 Main entry point: :func:`score_all`. Everything is split by episode: probes are fitted on the fit

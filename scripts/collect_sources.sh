@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Collects colour-distracted videos of the four DisWM source tasks (DISWM_SPEC §6) into data/<task>/train_eps,
-# ready for `dreamer.py --beta_vae_pretrain True --pretrain_datasets_path data/<task>/train_eps`.
+# Collects colour-distracted videos of the four DisWM source tasks (docs/method.md, "Stage 1") into
+# data/<task>/train_eps, ready for `dreamer.py --beta_vae_pretrain True --pretrain_datasets_path data/<task>/train_eps`.
 #
 #   scripts/collect_sources.sh                                   # random policy, EPISODES per task
 #   EPISODES=20 scripts/collect_sources.sh --time_limit 200      # a quick small set; extra flags go to every task

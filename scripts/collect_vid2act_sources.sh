@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Collects the offline source datasets of the Vid2Act baseline (VID2ACT_SPEC §1, §3) into $DATA/<task>/, the layout
-# `dreamer.py --method_name vid2act --offline_dir $DATA --source_tasks a,b,...` reads (actions and rewards included).
+# Collects the offline source datasets of the Vid2Act baseline (docs/vid2act.md, "Commands" and "Design") into
+# $DATA/<task>/, the layout `dreamer.py --method_name vid2act --offline_dir $DATA --source_tasks a,b,...` reads
+# (actions and rewards included).
 #
 #   scripts/collect_vid2act_sources.sh                                     # the release's DMC sources, random policy
 #   EPISODES=4 DATA=/tmp/D TASKS="finger_spin cheetah_run" scripts/collect_vid2act_sources.sh --time_limit 100

@@ -1,4 +1,4 @@
-"""Collects colour-distracted video episodes of a source task for DisWM's video pretraining (DISWM_SPEC §1a, §6).
+"""Collects colour-distracted video episodes of a source task for DisWM's video pretraining (docs/method.md, "Stage 1").
 
 A policy (uniform random actions, or a trained agent's checkpoint) runs in `env.make_env` and every episode is written
 as one DreamerV2/DisWM `.npz` file with `replay.save_episode`: `image` (T, 64, 64, 3) uint8, `action` (T, A) (action[t]

@@ -1,4 +1,4 @@
-"""Downloads and unpacks the public DisWM pretraining videos (DISWM_SPEC §6) into `<out>/<task>/`.
+"""Downloads and unpacks the public DisWM pretraining videos (docs/method.md, "Stage 1") into `<out>/<task>/`.
 
 The authors publish one `.tar.xz` of DreamerV2 `train_eps` episodes per DMC source task in the Hugging Face dataset
 repo `MrSC320/DisWM-Pretrain-Datasets` (cheetah_run, finger_spin, reacher_easy, walker_walk; the files are several

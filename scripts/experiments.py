@@ -103,8 +103,9 @@ METHODS = {m.key: m for m in [
 # and Pusher / DrawerWorld have no Vid2Act sources in this project's `env`.
 ONLINE_METHODS = ('diswm', 'dv2_finetune', 'apv', 'dreamerv2')
 
-# Vid2Act's DMC setting (VID2ACT_SPEC §3-4, the release's DMC preset): four source tasks with offline data (actions
-# and rewards, scripts/collect_vid2act_sources.sh) -> Quadruped Walk / Run, an embodiment absent from the sources.
+# Vid2Act's DMC setting (docs/vid2act.md, "Commands"; the release's DMC preset): four source tasks with offline
+# data (actions and rewards, scripts/collect_vid2act_sources.sh) -> Quadruped Walk / Run, an embodiment absent from
+# the sources.
 # The release's Meta-World setting (six sources -> door-lock) is left out: `env` has only the DrawerWorld tasks.
 VID2ACT_DMC_SOURCES = ('cheetah_run', 'hopper_stand', 'walker_walk', 'walker_run')
 

@@ -182,7 +182,7 @@ def table_caption(window: int) -> str:
             f'"evals" is the fewest used), then mean ± std over seeds (std with ddof 0, so 0 for n = 1). '
             f'"Last step" is the smallest final env step across the seeds. DrawerWorld reports eval_success_rate '
             f'in %, the other tasks eval_return_average unless --metric says otherwise. Paper: ≈ marks values read '
-            f'by eye off Fig. 4 at 1M steps; Tables A/B are exact (DISWM_SPEC §4).')
+            f'by eye off Fig. 4 at 1M steps; Tables A/B are exact (docs/method.md, "The paper\'s experiments").')
 
 
 def _paper_text(paper: ex.PaperResult | None) -> str:

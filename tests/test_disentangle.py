@@ -1,6 +1,6 @@
-"""Sanity checks for metrics/disentangle.py on synthetic factors shaped like DISENTANGLEMENT.md:
-6 clipped random-walk colour channels (box +-0.2, N(0, 0.2) steps) + 3 Gaussian AR(1) "joint angles",
-12 episodes x 500 frames, split 8 fit / 4 test episodes (4k / 2k frames), 20-d codes."""
+"""Sanity checks for metrics/disentangle.py on synthetic factors shaped like the data of docs/disentanglement.md
+("Protocol and pitfalls"): 6 clipped random-walk colour channels (box +-0.2, N(0, 0.2) steps) + 3 Gaussian AR(1)
+"joint angles", 12 episodes x 500 frames, split 8 fit / 4 test episodes (4k / 2k frames), 20-d codes."""
 import functools
 import math
 

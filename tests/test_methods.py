@@ -62,6 +62,9 @@ def test_release_compat_trains_teacher_and_freezes_eta(tmp_path):
     metrics = agent.update(random_batch(), step=40_000)
     assert metrics['distill_eta'] == pytest.approx(0.1 * (1 - 2500 / 5e4))   # frozen at construction
     assert any(not torch.equal(v, saved[k]) for k, v in teacher.state_dict().items())
+    # a fresh run builds its agent at step 0, before the prefill; the release builds it after: eta at the prefill
+    fresh = models.Agent(method_config('diswm', tmp_path, '--release_compat', 'True', '--prefill', '2500'), 6, step=0)
+    assert fresh.update(random_batch(), step=10)['distill_eta'] == pytest.approx(0.1 * (1 - 2500 / 5e4))
 
 
 def test_dv2_finetune_loads_and_pads_actions(tmp_path):
