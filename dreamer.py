@@ -1,5 +1,6 @@
-"""The single entry point: CLI and config resolution, the online training loop, evaluation-only runs and the
-action-free video pretraining loop.
+"""The single entry point: CLI and config resolution, the run folder, and the stage loops: online training,
+evaluation-only runs, the action-free video pretraining and Vid2Act's teacher pretraining. Nothing imports it; the
+acting loop is `env/driver.py`.
 
     python dreamer.py --configs defaults dmc2gym --task dmc2gym_walker_walk --logdir runs/x --seed 0 [--key value ...]
 
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 
 import tools
+from env.driver import Collector, EpisodeRecorder, random_policy, run_episode  # noqa: F401  (the acting loop)
+from models import load_checkpoint, read_checkpoint  # noqa: F401
 from tools import ConfigError
 
 # Keys that shape the agent's networks: an evaluation-only run takes them from the checkpoint it loads.
@@ -178,114 +181,6 @@ def configure_torch(config) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Episodes from an environment
-# --------------------------------------------------------------------------------------------------------------------
-class EpisodeRecorder:
-    """Accumulates one episode in the DreamerV2 format (action[t] led to obs t; reward[t] received at obs t)."""
-
-    def __init__(self, action_size: int):
-        self.action_size = action_size
-        self.steps: list[dict] = []
-        self.success = False
-
-    def add(self, obs: dict, action=None, reward=0.0, info=None) -> None:
-        step = {k: v for k, v in obs.items() if k in ('image', 'is_first', 'is_last', 'is_terminal', 'color')}
-        step['action'] = np.zeros(self.action_size, np.float32) if action is None else np.asarray(action, np.float32)
-        step['reward'] = np.float32(reward)
-        step['discount'] = np.float32(0.0 if obs['is_terminal'] else 1.0)
-        self.steps.append(step)
-        if info and info.get('success'):
-            self.success = True
-
-    def episode(self) -> dict:
-        keys = self.steps[0].keys()
-        episode = {k: np.stack([s[k] for s in self.steps]) for k in keys}
-        episode.pop('is_last', None)
-        return episode
-
-    @property
-    def score(self) -> float:
-        return float(sum(s['reward'] for s in self.steps))
-
-    def __len__(self):
-        return len(self.steps) - 1
-
-
-def random_policy(action_size: int, rng: np.random.Generator):
-    def act(obs, state, training=True):
-        return rng.uniform(-1, 1, (len(obs['image']), action_size)).astype(np.float32), None
-    return act
-
-
-class Collector:
-    """Steps a batch of envs (`env.parallel.ParallelEnvs`) with a policy, restarting finished episodes.
-
-    The policy's state has a leading env axis; an env that restarts shows `is_first` in its next observation, which
-    resets just that row of the agent state.
-    """
-
-    def __init__(self, envs):
-        self.envs = envs
-        self.obs, self.recs, self.state = None, None, None
-
-    def step(self, policy, training: bool) -> list:
-        """One step of every env; returns (env index, EpisodeRecorder) of the episodes that ended."""
-        from env.parallel import stack_obs
-        if self.obs is None:
-            self.obs = self.envs.reset()
-            self.recs = [EpisodeRecorder(self.envs.action_size) for _ in self.obs]
-            for rec, first in zip(self.recs, self.obs):
-                rec.add(first)
-            self.state = None
-        action, self.state = policy(stack_obs(self.obs), self.state, training)
-        obs, rewards, dones, infos = self.envs.step(action)
-        finished = []
-        for i, rec in enumerate(self.recs):
-            rec.add(obs[i], action[i], rewards[i], infos[i])
-        done = np.flatnonzero(dones)
-        if len(done):
-            for i, first in zip(done, self.envs.reset(done)):
-                finished.append((int(i), self.recs[i]))
-                obs[i], self.recs[i] = first, EpisodeRecorder(self.envs.action_size)
-                self.recs[i].add(first)
-        self.obs = obs
-        return finished
-
-    def episodes(self, policy, training: bool, count: int) -> list:
-        """`count` episodes from a fresh reset of every env: env i contributes its first, second, ... episodes in
-        turn (round robin), so early-ending episodes are not favoured. Leftover partial episodes are dropped."""
-        n = len(self.envs.seeds)
-        per_env = [[] for _ in range(n)]
-        needed = -(-count // n)
-        self.obs = None
-        while min(len(eps) for eps in per_env) < needed:
-            for i, rec in self.step(policy, training):
-                per_env[i].append(rec)
-        self.obs = None
-        ordered = [per_env[i][k] for k in range(needed) for i in range(n)]
-        return ordered[:count]
-
-
-def run_episode(env, policy, training: bool, on_frame=None):
-    """Runs one episode of a single env; returns its EpisodeRecorder. `on_frame()` (optional) runs right after every
-    observation, e.g. to read the env's ground-truth factors of the frame just rendered."""
-    obs = env.reset()
-    rec = EpisodeRecorder(env.action_size)
-    rec.add(obs)
-    if on_frame:
-        on_frame()
-    state = None
-    while not obs['is_last']:
-        batch_obs = {k: np.asarray(v)[None] for k, v in obs.items()}
-        action, state = policy(batch_obs, state, training)
-        obs, reward, done, info = env.step(action[0])
-        rec.add(obs, action[0], reward, info)
-        if on_frame:
-            on_frame()
-    return rec
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Online training
 # --------------------------------------------------------------------------------------------------------------------
 def distractor_schedule(config) -> dict:
@@ -317,31 +212,6 @@ def save_checkpoint(path: str, agent, counters: dict, replay, config) -> None:
         'agent': agent.state_dict(), 'optimizers': agent.optimizer_state(), 'counters': dict(counters),
         'rng': tools.rng_state(), 'replay_rng': replay.rng.bit_generator.state, 'config': config.to_dict(),
     }, path)
-
-
-def read_checkpoint(path: str, device='cpu') -> dict:
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:
-        raise ConfigError(f"Checkpoint '{path}' is unreadable ({type(e).__name__}: {str(e)[:200]}); delete it to "
-                          f"restart the run, or restore it from a --keep_checkpoints snapshot.") from None
-
-
-def load_checkpoint(path: str, agent, replay, state: dict | None = None) -> dict:
-    """Loads a checkpoint (or its already read `state`) into `agent` (and the replay's sampling RNG)."""
-    state = read_checkpoint(path, agent.config.device) if state is None else state
-    try:
-        agent.load_state_dict(state['agent'])
-    except RuntimeError as e:   # e.g. written by a code version whose APV bonus kept other buffers
-        details = ' '.join(str(e).split())[:300]
-        raise ConfigError(f"Checkpoint '{path}' does not fit the agent this code builds ({details}): it was written "
-                          f"by another version of the code. Use that version to resume it, or a new --logdir.") from None
-    agent.load_optimizer_state(state['optimizers'])
-    agent.updates = state['counters'].get('updates', 0)
-    tools.set_rng_state(state['rng'])
-    if replay is not None:
-        replay.rng.bit_generator.state = state['replay_rng']
-    return state['counters']
 
 
 def set_aside_episodes(train_dir: str, last_episode: str | None, to: str) -> int:
@@ -522,7 +392,8 @@ def train(config) -> None:
         finished = collector.step(policy, training=True)
         for _, rec in finished:
             finish_episode(rec)
-            bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{(counters["step"] - fps_step) * repeat / max(time.time() - fps_time, 1e-6):.0f}')
+            fps = (counters['step'] - fps_step) * repeat / max(time.time() - fps_time, 1e-6)
+            bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{fps:.0f}')
         counters['time_env'] += time.perf_counter() - tick
         counters['step'] += config.envs
         bar.update(config.envs)
@@ -750,6 +621,86 @@ def pretrain_video(config) -> None:
           f"(or pass --pretrain_checkpoint_path {logdir}).")
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Vid2Act's teacher pretraining (its parts are in vid2act.py)
+# --------------------------------------------------------------------------------------------------------------------
+def pretrain_teacher(config) -> None:
+    """Trains the label-conditioned teacher on `<offline_dir>/<task>/` for every source task
+    (docs/vid2act.md, "Design").
+
+    Updates = pretrain_steps // batch_size, each on a batch with an equal share of sequences per task. Saves
+    teacher.pt + teacher_meta.json every `pretrain_save_every` updates and at the end; rerunning resumes.
+    """
+    import vid2act
+
+    tasks = vid2act.source_tasks(config)
+    sources = vid2act.SourceData(config, tasks)               # validates the folders before anything is written
+    target_size = None if config.action_pad else vid2act.target_action_size(config)
+    action_size = vid2act.padded_action_size(config, sources.action_sizes, target_size)
+    logdir = prepare_logdir(config)
+    configure_torch(config)
+    sizes = {key: config[key] for key in vid2act.TEACHER_SIZES}
+    meta = dict(format=vid2act.TEACHER_FORMAT, source_tasks=tasks, num_teachers=len(tasks), action_size=action_size,
+                source_action_sizes=sources.action_sizes, target_task=config.task, target_action_size=target_size,
+                sizes=sizes, offline_dir=os.path.abspath(config.offline_dir), updates=0)
+    state_path = os.path.join(logdir, vid2act.TEACHER_STATE)
+    saved = torch.load(state_path, map_location='cpu', weights_only=False) if os.path.exists(state_path) else None
+    if saved is not None:
+        old = saved['meta']
+        if old['source_tasks'] != tasks or old['action_size'] != action_size or old['sizes'] != sizes:
+            raise ConfigError(f"'{logdir}' holds a teacher pretraining on source tasks "
+                              f"{','.join(old['source_tasks'])} "
+                              f"with action size {old['action_size']}; this run asks for {','.join(tasks)} with "
+                              f"{action_size} (or other sizes): use a new --logdir.")
+    sources.load(action_size, rewards=True)
+    teacher = vid2act.LabelledWorldModel(len(tasks), action_size, sizes).to(config.device)
+    opt = tools.Optimizer.for_config('teacher', teacher.parameters(), config.model_lr, config)
+    total = max(1, config.pretrain_steps // config.batch_size)
+    start = 0
+    if saved is not None:
+        teacher.load_state_dict(saved['model'])
+        opt.load_state_dict(saved['optimizer'])
+        tools.set_rng_state(saved['rng'])
+        sources.set_rng_states(saved['replay_rngs'])
+        start = saved['updates']
+        print(f'Resuming the teacher pretraining from {state_path} at update {start}.')
+    counts = ', '.join(f'{t} ({sources.action_sizes[t]} actions, {len(r)} steps)'
+                       for t, r in zip(tasks, sources.replays))
+    print(f'Vid2Act teacher pretraining on {len(tasks)} source tasks: {counts}; actions padded to {action_size}. '
+          f'{total} updates (pretrain_steps {config.pretrain_steps} sequences / batch {config.batch_size}) on '
+          f'{config.device}; logs in {logdir}')
+    logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard, use_wandb=config.wandb)
+
+    def save(updates: int):
+        vid2act.save_teacher(logdir, teacher, dict(meta, updates=updates))
+        tools.atomic_torch_save(dict(model=teacher.state_dict(), optimizer=opt.state_dict(), rng=tools.rng_state(),
+                                     replay_rngs=sources.rng_states(), updates=updates,
+                                     meta=dict(meta, updates=updates)), state_path)
+
+    teacher.train()
+
+    def update_fn(update: int) -> dict:
+        shares = vid2act.task_shares(config.batch_size, len(tasks), update)
+        batch = vid2act.to_device(sources.sample(shares, config.batch_length), config.device)
+        with tools.autocast(config):
+            loss, metrics, image_nll = teacher.loss(batch, config)
+        metrics['model_grad_norm'] = opt.step(loss)
+        for k, task in enumerate(tasks):
+            rows = (batch['label'] == k).float()   # a masked mean: no host sync for the per-task losses
+            metrics[f'teacher_image_loss/{task}'] = (image_nll * rows).sum() / rows.sum().clamp_min(1.0)
+        return metrics
+
+    tools.offline_updates(config, logger, start, total, update_fn, save, 'pretrain teacher',
+                          dict(image='image_loss', reward='reward_loss', kl='kl_loss', ups='updates_per_second'))
+    if start >= total and not os.path.exists(os.path.join(logdir, vid2act.TEACHER_FILE)):
+        save(start)
+    logger.close()
+    print(f"Done: {max(start, total)} updates. Teacher in {os.path.join(logdir, vid2act.TEACHER_FILE)} "
+          f"(+ {vid2act.TEACHER_META}).\n"
+          f"  Online: --method_name vid2act --source_tasks {','.join(tasks)} --offline_dir {config.offline_dir} "
+          f"--teacher_checkpoint_path {logdir}")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if '--help' in argv or '-h' in argv:
@@ -761,8 +712,7 @@ def main(argv=None) -> int:
         if config.beta_vae_pretrain:
             pretrain_video(config)
         elif config.vid2act_pretrain:
-            import vid2act
-            vid2act.pretrain_teacher(config)
+            pretrain_teacher(config)
         elif config.mode == 'eval':
             evaluate_only(config, explicit={key.split('.')[0] for key, _ in tools.split_argv(argv)[1]})
         elif config.mode == 'train':

@@ -706,3 +706,32 @@ def make_agent(config, action_size: int, step: int = 0) -> Agent:
         import vid2act
         return vid2act.Vid2ActAgent(config, action_size, step)
     return Agent(config, action_size, step)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------------------------
+def read_checkpoint(path: str, device='cpu') -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:
+        raise tools.ConfigError(f"Checkpoint '{path}' is unreadable ({type(e).__name__}: {str(e)[:200]}); delete it "
+                                f"to restart the run, or restore it from a --keep_checkpoints snapshot.") from None
+
+
+def load_checkpoint(path: str, agent, replay, state: dict | None = None) -> dict:
+    """Loads a checkpoint (or its already read `state`) into `agent` (and the replay's sampling RNG)."""
+    state = read_checkpoint(path, agent.config.device) if state is None else state
+    try:
+        agent.load_state_dict(state['agent'])
+    except RuntimeError as e:   # e.g. written by a code version whose APV bonus kept other buffers
+        details = ' '.join(str(e).split())[:300]
+        raise tools.ConfigError(f"Checkpoint '{path}' does not fit the agent this code builds ({details}): it was "
+                                f"written by another version of the code. Use that version to resume it, or a new "
+                                f"--logdir.") from None
+    agent.load_optimizer_state(state['optimizers'])
+    agent.updates = state['counters'].get('updates', 0)
+    tools.set_rng_state(state['rng'])
+    if replay is not None:
+        replay.rng.bit_generator.state = state['replay_rng']
+    return state['counters']

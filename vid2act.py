@@ -2,9 +2,10 @@
 
 Two stages, both run through `dreamer.py`:
 
-1. `--vid2act_pretrain True`: `pretrain_teacher` trains ONE action-conditioned DreamerV2 world model conditioned on
-   a one-hot source-task label (`LabelledWorldModel`: K label planes on the encoder input, the label appended to the
-   prior's input, decoder and reward head see it too) on one offline dataset per source task
+1. `--vid2act_pretrain True`: `dreamer.pretrain_teacher` (the run loop; its parts are here) trains ONE
+   action-conditioned DreamerV2 world model conditioned on a one-hot source-task label (`LabelledWorldModel`: K label
+   planes on the encoder input, the label appended to the prior's input, decoder and reward head see it too) on one
+   offline dataset per source task
    (`<offline_dir>/<task>/**/*.npz`, actions zero-padded to one common size). "Teacher k" is that network with label k.
    Output: `<logdir>/teacher.pt` + `teacher_meta.json` (ordered source tasks, padded action size, sizes).
 2. `--method_name vid2act`: `Vid2ActAgent`, a fresh DreamerV2 student plus
@@ -636,7 +637,7 @@ def zero_unfed_action_columns(teacher: 'LabelledWorldModel', fed: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Stage 1: multi-task teacher pretraining
+# Stage 1: multi-task teacher pretraining (the run loop is `dreamer.pretrain_teacher`)
 # --------------------------------------------------------------------------------------------------------------------
 def target_action_size(config) -> int:
     """The target task's action size (from its environment)."""
@@ -650,78 +651,3 @@ def target_action_size(config) -> int:
         return int(environment.action_size)
     finally:
         environment.close()
-
-
-def pretrain_teacher(config) -> None:
-    """Trains the label-conditioned teacher on `<offline_dir>/<task>/` for every source task
-    (docs/vid2act.md, "Design").
-
-    Updates = pretrain_steps // batch_size, each on a batch with an equal share of sequences per task. Saves
-    teacher.pt + teacher_meta.json every `pretrain_save_every` updates and at the end; rerunning resumes.
-    """
-    import dreamer
-
-    tasks = source_tasks(config)
-    sources = SourceData(config, tasks)                       # validates the folders before anything is written
-    target_size = None if config.action_pad else target_action_size(config)
-    action_size = padded_action_size(config, sources.action_sizes, target_size)
-    logdir = dreamer.prepare_logdir(config)
-    dreamer.configure_torch(config)
-    sizes = {key: config[key] for key in TEACHER_SIZES}
-    meta = dict(format=TEACHER_FORMAT, source_tasks=tasks, num_teachers=len(tasks), action_size=action_size,
-                source_action_sizes=sources.action_sizes, target_task=config.task, target_action_size=target_size,
-                sizes=sizes, offline_dir=os.path.abspath(config.offline_dir), updates=0)
-    state_path = os.path.join(logdir, TEACHER_STATE)
-    saved = torch.load(state_path, map_location='cpu', weights_only=False) if os.path.exists(state_path) else None
-    if saved is not None:
-        old = saved['meta']
-        if old['source_tasks'] != tasks or old['action_size'] != action_size or old['sizes'] != sizes:
-            raise ConfigError(f"'{logdir}' holds a teacher pretraining on source tasks {','.join(old['source_tasks'])} "
-                              f"with action size {old['action_size']}; this run asks for {','.join(tasks)} with "
-                              f"{action_size} (or other sizes): use a new --logdir.")
-    sources.load(action_size, rewards=True)
-    teacher = LabelledWorldModel(len(tasks), action_size, sizes).to(config.device)
-    opt = tools.Optimizer.for_config('teacher', teacher.parameters(), config.model_lr, config)
-    total = max(1, config.pretrain_steps // config.batch_size)
-    start = 0
-    if saved is not None:
-        teacher.load_state_dict(saved['model'])
-        opt.load_state_dict(saved['optimizer'])
-        tools.set_rng_state(saved['rng'])
-        sources.set_rng_states(saved['replay_rngs'])
-        start = saved['updates']
-        print(f'Resuming the teacher pretraining from {state_path} at update {start}.')
-    counts = ', '.join(f'{t} ({sources.action_sizes[t]} actions, {len(r)} steps)'
-                       for t, r in zip(tasks, sources.replays))
-    print(f'Vid2Act teacher pretraining on {len(tasks)} source tasks: {counts}; actions padded to {action_size}. '
-          f'{total} updates (pretrain_steps {config.pretrain_steps} sequences / batch {config.batch_size}) on '
-          f'{config.device}; logs in {logdir}')
-    logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard, use_wandb=config.wandb)
-
-    def save(updates: int):
-        save_teacher(logdir, teacher, dict(meta, updates=updates))
-        tools.atomic_torch_save(dict(model=teacher.state_dict(), optimizer=opt.state_dict(), rng=tools.rng_state(),
-                                     replay_rngs=sources.rng_states(), updates=updates,
-                                     meta=dict(meta, updates=updates)), state_path)
-
-    teacher.train()
-
-    def update_fn(update: int) -> dict:
-        batch = to_device(sources.sample(task_shares(config.batch_size, len(tasks), update), config.batch_length),
-                          config.device)
-        with tools.autocast(config):
-            loss, metrics, image_nll = teacher.loss(batch, config)
-        metrics['model_grad_norm'] = opt.step(loss)
-        for k, task in enumerate(tasks):
-            rows = (batch['label'] == k).float()   # a masked mean: no host sync for the per-task losses
-            metrics[f'teacher_image_loss/{task}'] = (image_nll * rows).sum() / rows.sum().clamp_min(1.0)
-        return metrics
-
-    tools.offline_updates(config, logger, start, total, update_fn, save, 'pretrain teacher',
-                          dict(image='image_loss', reward='reward_loss', kl='kl_loss', ups='updates_per_second'))
-    if start >= total and not os.path.exists(os.path.join(logdir, TEACHER_FILE)):
-        save(start)
-    logger.close()
-    print(f"Done: {max(start, total)} updates. Teacher in {os.path.join(logdir, TEACHER_FILE)} (+ {TEACHER_META}).\n"
-          f"  Online: --method_name vid2act --source_tasks {','.join(tasks)} --offline_dir {config.offline_dir} "
-          f"--teacher_checkpoint_path {logdir}")

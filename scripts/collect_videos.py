@@ -175,7 +175,6 @@ def load_agent_policy(path: str, config, action_size: int, sample_actions: bool)
     """Builds `models.Agent` from a run's config and checkpoint; returns (policy, run config, checkpoint path)."""
     import torch
 
-    import dreamer
     import models
     import networks
 
@@ -209,7 +208,7 @@ def load_agent_policy(path: str, config, action_size: int, sample_actions: bool)
                             ([f'unexpected {extra[:3]}'] if extra else []))
         raise ConfigError(f"'{ckpt_path}' does not fit the agent built from its run's config ({details}): keep the "
                           f"run's config.yaml next to its checkpoint.pt.")
-    dreamer.load_checkpoint(ckpt_path, agent, None)
+    models.load_checkpoint(ckpt_path, agent, None)
     agent.eval()
     del state
 
@@ -228,7 +227,7 @@ def collect(config, policy: str, episodes: int, out: str, distractor: str | None
     (episodes, frames, returns, paths in collection order)."""
     from tqdm import tqdm
 
-    import dreamer
+    from env import driver
     import env as envs
     import replay as replay_lib
 
@@ -238,7 +237,7 @@ def collect(config, policy: str, episodes: int, out: str, distractor: str | None
         tools.set_seed(config.seed)
         agent_config = None
         if policy == 'random':
-            act = dreamer.random_policy(environment.action_size, np.random.default_rng(config.seed))
+            act = driver.random_policy(environment.action_size, np.random.default_rng(config.seed))
         else:
             act, agent_config, policy = load_agent_policy(policy, config, environment.action_size, sample_actions)
             inherited = {k: agent_config[k] for k in POLICY_ENV_KEYS
@@ -259,7 +258,7 @@ def collect(config, policy: str, episodes: int, out: str, distractor: str | None
         bar = tqdm(range(episodes), unit='ep', desc=f'collect {config.task}', disable=not config.progress,
                    dynamic_ncols=True)
         for _ in bar:
-            rec = dreamer.run_episode(environment, act, training=sample_actions)
+            rec = driver.run_episode(environment, act, training=sample_actions)
             episode = rec.episode()
             if not save_actions:
                 episode.pop('action')
@@ -303,14 +302,14 @@ def heldout_plan(episodes: int, colour_sets, with_policy: bool, seed: int = HELD
 
 
 def run_factor_episode(environment, act, training: bool = False):
-    """`dreamer.run_episode` that also reads the base env's full factors right after every frame was rendered (the
+    """`env.driver.run_episode` that also reads the base env's full factors right after every frame was rendered (the
     wrapper renders once after the last sub-step; nothing touches the model before they are read). Returns
     (EpisodeRecorder, list of factor dicts, one per frame)."""
-    import dreamer
+    from env import driver
 
     base = environment.unwrapped
     factors = []
-    rec = dreamer.run_episode(environment, act, training, on_frame=lambda: factors.append(base.factors(full=True)))
+    rec = driver.run_episode(environment, act, training, on_frame=lambda: factors.append(base.factors(full=True)))
     return rec, factors
 
 
@@ -336,7 +335,7 @@ def collect_heldout(config, policy: str, episodes: int, out: str, distractor: st
     """Held-out evaluation episodes with per-frame factors (see the module docstring); returns a summary dict."""
     from tqdm import tqdm
 
-    import dreamer
+    from env import driver
     import env as envs
     import replay as replay_lib
 
@@ -371,7 +370,7 @@ def collect_heldout(config, policy: str, episodes: int, out: str, distractor: st
             raise ConfigError(str(e)) from None
         try:
             if item['policy'] == 'random':
-                act = dreamer.random_policy(action_size, np.random.default_rng([HELDOUT_SEED, item['seed']]))
+                act = driver.random_policy(action_size, np.random.default_rng([HELDOUT_SEED, item['seed']]))
             else:
                 tools.set_seed(item['seed'])
                 act = agent_act

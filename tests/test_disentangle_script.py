@@ -105,8 +105,8 @@ def test_visible_material_filter_on_a_real_episode():
 
 
 def tools_random_policy(action_size):
-    import dreamer
-    return dreamer.random_policy(action_size, np.random.default_rng(0))
+    from env import driver
+    return driver.random_policy(action_size, np.random.default_rng(0))
 
 
 def test_recorded_colours_and_state_are_those_of_the_rendered_frame():

@@ -175,7 +175,7 @@ def docstring_example():
 
 def run_docstring_example(config, agent, n, steps):
     """Runs the docstring's loop as written; returns the episodes it finished (`finish_episode` collects them)."""
-    from dreamer import EpisodeRecorder
+    from env.driver import EpisodeRecorder
     finished = []
     namespace = {'ParallelEnvs': ParallelEnvs, 'stack_obs': stack_obs, 'np': np, 'EpisodeRecorder': EpisodeRecorder,
                  'finish_episode': finished.append, 'config': config, 'agent': agent, 'n': n, 'steps': steps}
@@ -185,7 +185,7 @@ def run_docstring_example(config, agent, n, steps):
 
 
 def test_batched_acting_loop_of_the_docstring_gives_the_sequential_episodes():
-    from dreamer import run_episode
+    from env.driver import run_episode
     assert 'envs.step(action)' in docstring_example() and 'envs.close()' in docstring_example()
     config = make_config(time_limit=8)  # 4 agent steps per episode: 2 episodes per env in 9 batched steps
     config.task, config.seed = TASK, SEEDS[0]  # the example seeds env i with config.seed + i
