@@ -510,15 +510,11 @@ def evaluate_only(config, explicit=frozenset()) -> None:
     if config.eval_distractor not in schedule:
         raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
     eval_envs = make_parallel(config, config.seed + 20_000, schedule[config.eval_distractor])
-    model_config = tools.Config(config.to_dict())
-    spec = models.method_spec(model_config)
-    import tempfile
-    with tempfile.TemporaryDirectory() as parts:
-        if spec.needs_checkpoint:  # the pretrained parts are inside the checkpoint: no pretraining folder needed
-            models.write_pretrained_parts(state['agent'], spec, parts)
-            model_config.pretrain_checkpoint_path = parts
-        agent = models.make_agent(model_config, eval_envs.action_size, step=0)
-    load_checkpoint(config.checkpoint, agent, None, state)
+    run_time = {k: config[k] for k in ('device', 'precision', 'compile', 'tf32', 'eval_state_mean', 'seed')}
+    agent, _, _ = models.load_agent(path, run_time, state)
+    if agent.action_size != eval_envs.action_size:
+        raise ConfigError(f"The policy in '{path}' has {agent.action_size} actions but {config.task} has "
+                          f"{eval_envs.action_size}: evaluate it on its own task (leave out --task).")
     del state
     logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard)
     returns, successes, recs = evaluate(agent, eval_envs, config, logger, config.eval_episodes,

@@ -735,3 +735,92 @@ def load_checkpoint(path: str, agent, replay, state: dict | None = None) -> dict
     if replay is not None:
         replay.rng.bit_generator.state = state['replay_rng']
     return state['counters']
+
+
+def checkpoint_file(path: str) -> str:
+    """A run folder or a checkpoint file -> the checkpoint file (one message when there is none)."""
+    ckpt = os.path.join(path, 'checkpoint.pt') if os.path.isdir(path) else path
+    if not os.path.isfile(ckpt):
+        raise tools.ConfigError(f"Checkpoint '{ckpt}' not found: give a run folder holding checkpoint.pt or a "
+                                f"checkpoint file (dreamer.py writes <logdir>/checkpoint.pt at every evaluation and "
+                                f"at the end).")
+    return ckpt
+
+
+def checkpoint_action_size(agent_state: dict) -> int | None:
+    """Action size of a saved agent, read from its actor's output layer (mean and std per action)."""
+    weights = [k for k in agent_state if k.startswith('behavior.actor.') and k.endswith('.weight')]
+    if not weights:
+        return None
+    last = max(weights, key=lambda k: [int(p) if p.isdigit() else -1 for p in k.split('.')])
+    return int(agent_state[last].shape[0]) // 2
+
+
+def _update_known(base: dict, saved: dict, prefix: str = '') -> list[str]:
+    """Copies the saved run's values into the current defaults; returns the keys this code no longer knows."""
+    unknown = []
+    for key, value in saved.items():
+        if key not in base:
+            unknown.append(prefix + key)
+        elif isinstance(base[key], dict) and isinstance(value, dict):
+            unknown += _update_known(base[key], value, f'{prefix}{key}.')
+        else:
+            base[key] = value
+    return unknown
+
+
+def run_config(ckpt_path: str, state: dict) -> tools.Config:
+    """The run's resolved config: the copy stored in the checkpoint, else `config.yaml` next to it."""
+    saved = state.get('config') if isinstance(state.get('config'), dict) else None
+    yaml_path = os.path.join(os.path.dirname(ckpt_path), 'config.yaml')
+    if saved is None and os.path.exists(yaml_path):
+        from ruamel.yaml import YAML
+        with open(yaml_path) as f:
+            saved = YAML(typ='safe', pure=True).load(f)
+    if saved is None:
+        raise tools.ConfigError(f"No config stored in '{ckpt_path}' and no config.yaml next to it: copy the run's "
+                                f"config.yaml into {os.path.dirname(ckpt_path) or '.'}.")
+    if saved.get('beta_vae_pretrain') or saved.get('vid2act_pretrain'):
+        raise tools.ConfigError(f"'{ckpt_path}' belongs to a pretraining run (no policy): give the checkpoint.pt of "
+                                f"an online training run.")
+    base = tools.make_config(['--configs', 'defaults']).to_dict()
+    unknown = _update_known(base, saved)
+    if unknown:
+        print(f"Note: ignoring keys of the run's config unknown to this code: {', '.join(unknown[:8])}.")
+    return tools.Config(base)
+
+
+def load_agent(path: str, overrides: dict | None = None, state: dict | None = None):
+    """The one way to rebuild a trained agent: from a run folder or checkpoint file, with the architecture from the
+    config stored in the checkpoint (only run-time keys such as `device`, `precision`, `eval_state_mean` may be
+    overridden), the pretrained parts taken from the checkpoint itself, and every weight shape checked before
+    loading. Returns (agent in eval mode, its config, the checkpoint path)."""
+    ckpt_path = checkpoint_file(path)
+    state = read_checkpoint(ckpt_path) if state is None else state
+    if not isinstance(state, dict) or 'agent' not in state:
+        raise tools.ConfigError(f"'{ckpt_path}' is not a dreamer.py checkpoint (no 'agent' weights).")
+    config = run_config(ckpt_path, state)
+    for key, value in (overrides or {}).items():
+        setattr(config, key, value)
+    config = tools.finalize_config(config)
+    action_size = checkpoint_action_size(state['agent'])
+    spec = method_spec(config)
+    import tempfile
+    with tempfile.TemporaryDirectory() as parts_dir:
+        if spec.needs_checkpoint:   # the pretrained parts are inside the checkpoint: no pretraining folder needed
+            write_pretrained_parts(state['agent'], spec, parts_dir)
+            config.pretrain_checkpoint_path = parts_dir
+        agent = make_agent(config, action_size)
+    own = agent.state_dict()
+    weights = networks.fill_missing_gru_bias(state['agent'], agent)
+    problems = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}' for k, v in weights.items()
+                if k in own and own[k].shape != v.shape]
+    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if problems or missing or extra:
+        details = '; '.join(problems[:3] + ([f'missing {missing[:3]}'] if missing else []) +
+                            ([f'unexpected {extra[:3]}'] if extra else []))
+        raise tools.ConfigError(f"'{ckpt_path}' does not fit the agent built from its run's config ({details}): "
+                                f"it was written by another version of the code.")
+    load_checkpoint(ckpt_path, agent, None, state)
+    agent.eval()
+    return agent, config, ckpt_path

@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,100 +115,21 @@ def parse_args(argv: list[str]):
 # --------------------------------------------------------------------------------------------------------------------
 # Trained-agent policy
 # --------------------------------------------------------------------------------------------------------------------
-def _checkpoint_path(path: str) -> str:
-    if os.path.isdir(path):
-        path = os.path.join(path, 'checkpoint.pt')
-    if not os.path.isfile(path):
-        raise ConfigError(f"--policy: checkpoint '{path}' not found; give 'random' or the path of a run's "
-                          f"checkpoint.pt (written by dreamer.py at every evaluation).")
-    return path
-
-
-def _update_known(base: dict, saved: dict, prefix: str = '') -> list[str]:
-    """Copies the saved run's values into the current defaults; returns the keys this code no longer knows."""
-    unknown = []
-    for key, value in saved.items():
-        if key not in base:
-            unknown.append(prefix + key)
-        elif isinstance(base[key], dict) and isinstance(value, dict):
-            unknown += _update_known(base[key], value, f'{prefix}{key}.')
-        else:
-            base[key] = value
-    return unknown
-
-
-def run_config(ckpt_path: str, state: dict, device: str) -> tools.Config:
-    """The run's resolved config: `config.yaml` next to the checkpoint, else the copy stored inside it."""
-    yaml_path = os.path.join(os.path.dirname(ckpt_path), 'config.yaml')
-    if os.path.exists(yaml_path):
-        from ruamel.yaml import YAML
-        with open(yaml_path) as f:
-            saved = YAML(typ='safe', pure=True).load(f)
-    elif isinstance(state.get('config'), dict):
-        saved = state['config']
-    else:
-        raise ConfigError(f"No config.yaml next to '{ckpt_path}' and none stored in it: copy the run's config.yaml "
-                          f"into {os.path.dirname(ckpt_path) or '.'}.")
-    if saved.get('beta_vae_pretrain'):
-        raise ConfigError(f"'{ckpt_path}' belongs to a video-pretraining run (no policy): give the checkpoint.pt of "
-                          f"an online training run.")
-    base = tools.make_config(['--configs', 'defaults']).to_dict()
-    unknown = _update_known(base, saved)
-    if unknown:
-        print(f"Note: ignoring keys of the run's config unknown to this code: {', '.join(unknown[:8])}.")
-    config = tools.finalize_config(tools.Config(base))
-    config.device = device
-    return config
-
-
-def checkpoint_action_size(agent_state: dict) -> int | None:
-    """Action size of a saved agent, read from its actor's output layer (mean and std per action)."""
-    weights = [k for k in agent_state if k.startswith('behavior.actor.') and k.endswith('.weight')]
-    if not weights:
-        return None
-    last = max(weights, key=lambda k: [int(p) if p.isdigit() else -1 for p in k.split('.')])
-    return int(agent_state[last].shape[0]) // 2
-
-
 def load_agent_policy(path: str, config, action_size: int, sample_actions: bool):
-    """Builds `models.Agent` from a run's config and checkpoint; returns (policy, run config, checkpoint path)."""
-    import torch
-
+    """A trained agent as a policy (`models.load_agent`: architecture from the run's own config, shapes checked);
+    returns (policy, run config, checkpoint path)."""
     import models
-    import networks
 
-    ckpt_path = _checkpoint_path(path)
-    try:
-        state = torch.load(ckpt_path, map_location='cpu', weights_only=False)
-    except Exception as e:
-        raise ConfigError(f"Checkpoint '{ckpt_path}' is unreadable ({type(e).__name__}: {e}).") from None
-    if not isinstance(state, dict) or 'agent' not in state:
-        raise ConfigError(f"'{ckpt_path}' is not a dreamer.py checkpoint (no 'agent' weights).")
-    agent_config = run_config(ckpt_path, state, config.device)
-    saved_actions = checkpoint_action_size(state['agent'])
-    if saved_actions != action_size:
+    ckpt_path = models.checkpoint_file(path)
+    state = models.read_checkpoint(ckpt_path)
+    saved_actions = models.checkpoint_action_size(state.get('agent', {})) if isinstance(state, dict) else None
+    if saved_actions is not None and saved_actions != action_size:
+        task = (state.get('config') or {}).get('task', 'unknown')
         raise ConfigError(
-            f"The policy in '{ckpt_path}' (task {agent_config.task}) has {saved_actions} actions but "
-            f"{config.task} has {action_size}: collect with a checkpoint trained on {config.task} (or a task with "
-            f"{action_size} actions), or with --policy random.")
-    spec = models.method_spec(agent_config)
-    with tempfile.TemporaryDirectory() as parts_dir:
-        if spec.needs_checkpoint:
-            models.write_pretrained_parts(state['agent'], spec, parts_dir)
-            agent_config.pretrain_checkpoint_path = parts_dir
-        agent = models.make_agent(agent_config, action_size)
-    own = agent.state_dict()
-    state['agent'] = networks.fill_missing_gru_bias(state['agent'], agent)
-    problems = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}' for k, v in state['agent'].items()
-                if k in own and own[k].shape != v.shape]
-    missing, extra = sorted(set(own) - set(state['agent'])), sorted(set(state['agent']) - set(own))
-    if problems or missing or extra:
-        details = '; '.join(problems[:3] + ([f'missing {missing[:3]}'] if missing else []) +
-                            ([f'unexpected {extra[:3]}'] if extra else []))
-        raise ConfigError(f"'{ckpt_path}' does not fit the agent built from its run's config ({details}): keep the "
-                          f"run's config.yaml next to its checkpoint.pt.")
-    models.load_checkpoint(ckpt_path, agent, None)
-    agent.eval()
+            f"The policy in '{ckpt_path}' (task {task}) has {saved_actions} actions but {config.task} has "
+            f"{action_size}: collect with a checkpoint trained on {config.task} (or a task with {action_size} "
+            f"actions), or with --policy random.")
+    agent, agent_config, ckpt_path = models.load_agent(ckpt_path, dict(device=config.device), state)
     del state
 
     def act(obs, agent_state, training):

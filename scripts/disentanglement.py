@@ -215,14 +215,13 @@ def load_encoder(path: str) -> dict:
             raise ConfigError(f"'{meta_path}' says z_dim {meta['z_dim']} but encoder.pt has {module.z_dim}.")
         return dict(module=module, kind=kind, source='pretrained video model', path=path,
                     note=f"{meta.get('updates', '?')} updates" if meta else '')
+    import models
+
     ckpt = os.path.join(path, 'checkpoint.pt') if os.path.isdir(path) else path
     if not os.path.isfile(ckpt):
         raise ConfigError(f"'{path}' is neither a pretraining folder (encoder.pt, meta.json) nor a run's "
                           f"checkpoint.pt (or a run folder holding one).")
-    try:
-        state = torch.load(ckpt, map_location='cpu', weights_only=False)
-    except Exception as e:
-        raise ConfigError(f"'{ckpt}' is unreadable ({type(e).__name__}: {e}).") from None
+    state = models.read_checkpoint(ckpt)   # the encoder alone: no agent (and no task env) is needed to score it
     if not isinstance(state, dict) or 'agent' not in state:
         raise ConfigError(f"'{ckpt}' is not a dreamer.py checkpoint (no 'agent' weights).")
     enc_state = _sub_state(state['agent'], 'wm.encoder.')
@@ -261,11 +260,13 @@ def encode(module, images: np.ndarray, batch: int = 256, device: str = 'cpu'):
     """Encoder outputs for uint8 frames (N, 64, 64, 3): (mean or embed (N, L) float64, logvar (N, L) or None)."""
     import torch
 
+    import models
+
     module = module.to(device)
     means, logvars = [], []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            x = torch.as_tensor(images[start:start + batch], device=device).float() / 255.0 - 0.5
+            x = models.preprocess_image(torch.as_tensor(images[start:start + batch], device=device))
             out = module(x, sample=False)
             means.append((out['mean'] if 'mean' in out else out['embed']).double().cpu().numpy())
             if 'logvar' in out:
