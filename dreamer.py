@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import tools
-from env.driver import Collector, EpisodeRecorder, random_policy, run_episode  # noqa: F401  (the acting loop)
+from env.driver import Collector, random_policy  # the acting loop
 from models import load_checkpoint, read_checkpoint  # noqa: F401
 from tools import ConfigError
 
@@ -546,6 +546,38 @@ def evaluate_only(config, explicit=frozenset()) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # Stage 1: action-free beta-VAE video pretraining
 # --------------------------------------------------------------------------------------------------------------------
+def offline_updates(config, logger, start: int, total: int, update_fn, save_fn, desc: str, postfix: dict) -> None:
+    """The loop shared by the offline pretraining stages (DisWM video model, Vid2Act teacher).
+
+    `update_fn(update)` does one update and returns its metrics (tensors); every `log_every` updates (at most 100,
+    at most `pretrain_save_every`) the averaged metrics and updates/s are written and shown on the progress bar
+    (`postfix`: bar label -> metric name); `save_fn(updates)` runs every `pretrain_save_every` updates and at the end.
+    """
+    from tqdm import tqdm
+    log_every = max(1, min(100, config.pretrain_save_every))
+    bar = tqdm(range(start, total), initial=start, total=total, unit='upd', disable=not config.progress, desc=desc,
+               dynamic_ncols=True)
+    tic, tic_update = time.time(), start
+    guard = tools.FiniteGuard(config.device, skip_grad_norms=str(config.precision) == '16')
+    for update in bar:
+        metrics = update_fn(update)
+        done = update + 1
+        guard.watch(metrics, done)
+        logger.scalars(metrics)
+        if done % log_every == 0 or done == total or done % config.pretrain_save_every == 0:
+            guard.check()
+        if done % log_every == 0 or done == total:
+            now = time.time()
+            logger.scalar('updates_per_second', (done - tic_update) / max(now - tic, 1e-6))
+            tic, tic_update = now, done
+            row = logger.write(done, echo=not config.progress)
+            bar.set_postfix({label: f'{row.get(name, float("nan")):.4g}' for label, name in postfix.items()})
+        if done % config.pretrain_save_every == 0 or done == total:
+            save_fn(done)
+            logger.write(done, echo=False)
+    bar.close()
+
+
 def pretrain_video(config) -> None:
     """Trains the action-free beta-VAE video prediction model on a folder of video episodes
     (docs/method.md, "Stage 1")."""
@@ -609,7 +641,7 @@ def pretrain_video(config) -> None:
                 'is_first': torch.as_tensor(batch['is_first']).to(config.device).float()}
         return models.video_model_update(wm, opt, data, update)
 
-    tools.offline_updates(config, logger, start, total, update_fn, save, 'pretrain',
+    offline_updates(config, logger, start, total, update_fn, save, 'pretrain',
                           dict(image='image_loss', kl='kl_loss', bvae='beta_vae_kl_loss', ups='updates_per_second'))
     logger.close()
     print(f"Done: {total} updates. Video model (encoder.pt, decoder.pt, rssm.pt, meta.json, traverse.png) in {logdir} "
@@ -686,7 +718,7 @@ def pretrain_teacher(config) -> None:
             metrics[f'teacher_image_loss/{task}'] = (image_nll * rows).sum() / rows.sum().clamp_min(1.0)
         return metrics
 
-    tools.offline_updates(config, logger, start, total, update_fn, save, 'pretrain teacher',
+    offline_updates(config, logger, start, total, update_fn, save, 'pretrain teacher',
                           dict(image='image_loss', reward='reward_loss', kl='kl_loss', ups='updates_per_second'))
     if start >= total and not os.path.exists(os.path.join(logdir, vid2act.TEACHER_FILE)):
         save(start)

@@ -153,6 +153,18 @@ def distillation_loss(teacher_z: torch.Tensor, student_z: torch.Tensor) -> torch
     return (log_t.exp() * (log_t - log_s)).sum(dim=(1, 2)).mean(0)
 
 
+def distill_weight(step: int, cfg) -> float:
+    """The DisWM distillation weight eta at an agent step (docs/method.md, "Stage 2"; paper-faithful by default).
+
+    same domain:  eta0 * max(1 - step / decay, floor)
+    cross domain: 0 before `delay` agent steps, then eta0 * max(1 - (step - delay) / decay, floor)
+    """
+    offset = cfg.distill_delay if cfg.cross_domain else 0
+    if step < offset:
+        return 0.0
+    return float(cfg.distill_eta * max(1.0 - (step - offset) / cfg.distill_decay, cfg.distill_floor))
+
+
 class Distillation(nn.Module):
     """DisWM latent distillation from a frozen pretrained beta-VAE encoder (the teacher) into the world model's.
 
@@ -168,7 +180,7 @@ class Distillation(nn.Module):
         self.config = config
         self.release_compat = config.release_compat
         # The release builds its agent after the prefill (or at the resume step) and freezes eta there.
-        self.frozen_eta = tools.distill_weight(max(construction_step, config.prefill), config)
+        self.frozen_eta = distill_weight(max(construction_step, config.prefill), config)
         if not self.release_compat:
             self.teacher.requires_grad_(False)
             self.teacher.eval()
@@ -180,7 +192,7 @@ class Distillation(nn.Module):
         return self
 
     def eta(self, step: int) -> float:
-        return self.frozen_eta if self.release_compat else tools.distill_weight(step, self.config)
+        return self.frozen_eta if self.release_compat else distill_weight(step, self.config)
 
     def forward(self, out: dict, step: int):
         if self.release_compat:

@@ -241,8 +241,6 @@ class RSSM(nn.Module):
         action = embed.new_zeros(*embed.shape[:2], self.action_size)
         return self.observe(embed, action, is_first, state, sample=False)
 
-    def imagine_step(self, state: dict, action: torch.Tensor) -> dict:
-        return self.img_step(state, action, sample=True)
 
 
 # Conv stacks use in-place ELUs (ELU's backward needs only its output): less memory traffic, same math.

@@ -188,10 +188,6 @@ class Replay:
             out['is_first'][:, 0] = True
         return out
 
-    def dataset(self, batch: int, length: int):
-        while True:
-            yield self.sample(batch, length)
-
 
 class Prefetcher:
     """Prepares the next batch in a background thread while the current update runs.

@@ -561,18 +561,6 @@ def lambda_return(reward, next_value, discount, lambda_: float, reverse_bug: boo
     return returns.flip(0) if reverse_bug else returns
 
 
-def distill_weight(step: int, cfg) -> float:
-    """The DisWM distillation weight eta at an agent step (docs/method.md, "Stage 2"; paper-faithful by default).
-
-    same domain:  eta0 * max(1 - step / decay, floor)
-    cross domain: 0 before `delay` agent steps, then eta0 * max(1 - (step - delay) / decay, floor)
-    """
-    offset = cfg.distill_delay if cfg.cross_domain else 0
-    if step < offset:
-        return 0.0
-    return float(cfg.distill_eta * max(1.0 - (step - offset) / cfg.distill_decay, cfg.distill_floor))
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Optimisation helpers
 # --------------------------------------------------------------------------------------------------------------------
@@ -678,19 +666,6 @@ class Optimizer:
             self.scaler.load_state_dict(state['scaler'])
 
 
-class RequiresGrad:
-    """Context manager turning a module's gradients on for a block (and off after)."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def __enter__(self):
-        self.module.requires_grad_(True)
-
-    def __exit__(self, *args):
-        self.module.requires_grad_(False)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Logging
 # --------------------------------------------------------------------------------------------------------------------
@@ -794,35 +769,3 @@ def compiled(fn, name: str):
             return fn(*args, **kwargs)
     call.compiled = compiled_fn
     return call
-
-
-def offline_updates(config, logger, start: int, total: int, update_fn, save_fn, desc: str, postfix: dict) -> None:
-    """The loop shared by the offline pretraining stages (DisWM video model, Vid2Act teacher).
-
-    `update_fn(update)` does one update and returns its metrics (tensors); every `log_every` updates (at most 100,
-    at most `pretrain_save_every`) the averaged metrics and updates/s are written and shown on the progress bar
-    (`postfix`: bar label -> metric name); `save_fn(updates)` runs every `pretrain_save_every` updates and at the end.
-    """
-    from tqdm import tqdm
-    log_every = max(1, min(100, config.pretrain_save_every))
-    bar = tqdm(range(start, total), initial=start, total=total, unit='upd', disable=not config.progress, desc=desc,
-               dynamic_ncols=True)
-    tic, tic_update = time.time(), start
-    guard = FiniteGuard(config.device, skip_grad_norms=str(config.precision) == '16')
-    for update in bar:
-        metrics = update_fn(update)
-        done = update + 1
-        guard.watch(metrics, done)
-        logger.scalars(metrics)
-        if done % log_every == 0 or done == total or done % config.pretrain_save_every == 0:
-            guard.check()
-        if done % log_every == 0 or done == total:
-            now = time.time()
-            logger.scalar('updates_per_second', (done - tic_update) / max(now - tic, 1e-6))
-            tic, tic_update = now, done
-            row = logger.write(done, echo=not config.progress)
-            bar.set_postfix({label: f'{row.get(name, float("nan")):.4g}' for label, name in postfix.items()})
-        if done % config.pretrain_save_every == 0 or done == total:
-            save_fn(done)
-            logger.write(done, echo=False)
-    bar.close()

@@ -8,9 +8,4 @@
 #   scripts/finetune_fig4.sh --preset debug --steps 2000 -- --threads 1     # flags after -- go to dreamer.py
 # Environment: SEEDS (default "0 1 2"), STEPS, PRESETS, EXTRA, JOBS, LAUNCHER, CUDA_VISIBLE_DEVICES, PYTHON.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-python="${PYTHON:-}"
-if [[ -z "$python" ]]; then
-  if [[ -x "$here/../.venv/bin/python" ]]; then python="$here/../.venv/bin/python"; else python=python3; fi
-fi
-exec "$python" "$here/sweep.py" fig4 "$@"
+exec "$(dirname "${BASH_SOURCE[0]}")/sweep.sh" fig4 "$@"

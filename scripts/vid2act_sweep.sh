@@ -12,9 +12,4 @@
 # Environment: SEEDS (default "0 1 2"), STEPS, PRETRAIN_STEPS, PRESETS, EXTRA, JOBS, LAUNCHER, CUDA_VISIBLE_DEVICES,
 # PYTHON.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-python="${PYTHON:-}"
-if [[ -z "$python" ]]; then
-  if [[ -x "$here/../.venv/bin/python" ]]; then python="$here/../.venv/bin/python"; else python=python3; fi
-fi
-exec "$python" "$here/sweep.py" vid2act_teacher vid2act "$@"
+exec "$(dirname "${BASH_SOURCE[0]}")/sweep.sh" vid2act_teacher vid2act "$@"

@@ -127,10 +127,10 @@ def test_distillation_loss_by_hand():
 def test_distillation_weight_schedule(cross, expected):
     c = types.SimpleNamespace(distill_eta=0.1, distill_decay=5e4, distill_floor=0.1, distill_delay=5e4,
                               cross_domain=cross)
-    got = [tools.distill_weight(s, c) for s in (0, 25_000, 50_000, 100_000)]
+    got = [models.distill_weight(s, c) for s in (0, 25_000, 50_000, 100_000)]
     assert np.allclose(got, expected)
     if cross:
-        assert tools.distill_weight(49_999, c) == 0 and tools.distill_weight(75_000, c) == pytest.approx(0.05)
+        assert models.distill_weight(49_999, c) == 0 and models.distill_weight(75_000, c) == pytest.approx(0.05)
 
 
 def test_clipped_normal_stays_in_bounds_with_gradient():
