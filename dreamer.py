@@ -256,7 +256,7 @@ def evaluate(agent, eval_envs, config, logger, episodes: int, video_dir: str | N
     logger.scalar('eval_return_average', float(np.mean(returns)))
     logger.scalar('eval_return_std', float(np.std(returns)))
     logger.scalar('eval_length', float(np.mean([len(rec) for rec in recs])))
-    if config.task.startswith('metaworld_'):
+    if any(rec.reports_success for rec in recs):
         logger.scalar('eval_success_rate', float(np.mean(successes)))
     return returns, successes, recs
 
@@ -305,7 +305,8 @@ def train(config) -> None:
     logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard, use_wandb=config.wandb)
     repeat = config.action_repeat
     total_steps = config.steps // repeat
-    switch_step = total_steps // 2 if config.color_distractor or config.task.startswith('metaworld_') else None
+    switches = schedule['train_1'] != schedule['train_2'] or schedule['eval_1'] != schedule['eval_2']
+    switch_step = total_steps // 2 if switches else None
 
     saved_state = read_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
     if saved_state is not None:
@@ -375,7 +376,7 @@ def train(config) -> None:
         last_return = rec.score
         logger.scalar('train_return', rec.score)
         logger.scalar('train_length', len(rec))
-        if config.task.startswith('metaworld_'):
+        if rec.reports_success:
             logger.scalar('train_success', float(rec.success))
 
     bar = tqdm(total=total_steps, initial=min(step, total_steps), unit='step', dynamic_ncols=True,
@@ -530,13 +531,14 @@ def evaluate_only(config, explicit=frozenset()) -> None:
         paths.append(path)
     msg = (f"Evaluation of {config.checkpoint} on {config.task} ({schedule[config.eval_distractor]} distractors), "
            f"{len(returns)} episodes: return {np.mean(returns):.1f} ± {np.std(returns):.1f}")
-    if config.task.startswith('metaworld_'):
+    reports_success = any(rec.reports_success for rec in recs)   # success is only defined for DrawerWorld
+    if reports_success:
         msg += f', success rate {np.mean(successes):.2f}'
     print(msg)
     print(f'  videos: {video} ({len(paths)} GIFs)')
     result = dict(task=config.task, checkpoint=config.checkpoint, returns=returns, mean=float(np.mean(returns)),
                   std=float(np.std(returns)))
-    if config.task.startswith('metaworld_'):  # success is only defined for DrawerWorld
+    if reports_success:
         result['success_rate'] = float(np.mean(successes))
     tools.atomic_write_bytes(os.path.join(logdir, 'eval_result.json'), json.dumps(result, indent=2).encode())
     eval_envs.close()

@@ -17,6 +17,7 @@ class EpisodeRecorder:
         self.action_size = action_size
         self.steps: list[dict] = []
         self.success = False
+        self.reports_success = False   # the env puts `success` in its info (DrawerWorld); success metrics only then
 
     def add(self, obs: dict, action=None, reward=0.0, info=None) -> None:
         step = {k: v for k, v in obs.items() if k in ('image', 'is_first', 'is_last', 'is_terminal', 'color')}
@@ -24,8 +25,9 @@ class EpisodeRecorder:
         step['reward'] = np.float32(reward)
         step['discount'] = np.float32(0.0 if obs['is_terminal'] else 1.0)
         self.steps.append(step)
-        if info and info.get('success'):
-            self.success = True
+        if info and 'success' in info:
+            self.reports_success = True
+            self.success = self.success or bool(info['success'])
 
     def episode(self) -> dict:
         keys = self.steps[0].keys()

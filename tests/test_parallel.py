@@ -235,3 +235,18 @@ def test_worker_sets_its_share_of_render_threads_unless_the_user_did(preset):
         os.environ.pop('LP_NUM_THREADS', None)
         if saved_env is not None:
             os.environ['LP_NUM_THREADS'] = saved_env
+
+
+def test_recorder_knows_whether_the_env_reports_success():
+    """Success metrics are logged for envs whose info carries `success` (DrawerWorld), whatever the suite's name."""
+    from env.driver import EpisodeRecorder
+    obs = dict(image=np.zeros((64, 64, 3), np.uint8), is_first=False, is_last=False, is_terminal=False)
+    silent, reporting = EpisodeRecorder(2), EpisodeRecorder(2)
+    for t in range(3):
+        silent.add(obs, np.zeros(2), 1.0, {})
+        reporting.add(obs, np.zeros(2), 1.0, {'success': t == 1})
+    assert not silent.reports_success and not silent.success
+    assert reporting.reports_success and reporting.success
+    never = EpisodeRecorder(2)
+    never.add(obs, np.zeros(2), 0.0, {'success': False})
+    assert never.reports_success and not never.success
