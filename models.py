@@ -7,7 +7,6 @@ the pretrained checkpoints. The training step itself never tests the method agai
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 
@@ -18,38 +17,12 @@ import torch.nn.functional as F
 
 import networks
 import tools
+from methods import METHOD_SPECS, MethodSpec  # noqa: F401  (the methods are declared in methods.py)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Methods
 # --------------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class MethodSpec:
-    """What distinguishes a method: which pretrained parts it loads and which extra parts it has."""
-    name: str
-    load: tuple = ()              # pretrained files loaded into the world model: 'encoder', 'decoder', 'rssm'
-    teacher: bool = False         # DisWM: a frozen pretrained encoder distilled into the world model's encoder
-    video_stack: bool = False     # APV: the pretrained action-free RSSM stacked under a new action-conditioned one
-    intrinsic: bool = False       # APV: video-based kNN bonus added to the reward head's target on real sequences
-    pad_actions: bool = False     # DV2 Finetune: actions zero-padded to the union action space
-    action_free: bool = False     # the pretraining video model: zero actions, no reward head
-
-    @property
-    def needs_checkpoint(self) -> bool:
-        return bool(self.load) or self.teacher or self.video_stack
-
-
-METHOD_SPECS = {
-    'dreamerv2': MethodSpec('dreamerv2'),
-    'diswm': MethodSpec('diswm', teacher=True),
-    'dv2_finetune': MethodSpec('dv2_finetune', load=('encoder', 'decoder', 'rssm'), pad_actions=True),
-    'apv': MethodSpec('apv', load=('encoder', 'decoder'), video_stack=True, intrinsic=True),
-    'pretrain': MethodSpec('pretrain', action_free=True),
-    # Vid2Act: its frozen teacher, extra loss terms and actor context come from vid2act.Vid2ActAgent (make_agent).
-    'vid2act': MethodSpec('vid2act'),
-}
-
-
 def method_spec(config) -> MethodSpec:
     if config.beta_vae_pretrain:
         return METHOD_SPECS['pretrain']
@@ -714,7 +687,8 @@ def video_model_update(wm: WorldModel, opt: tools.Optimizer, data: dict, step: i
 
 def make_agent(config, action_size: int, step: int = 0) -> Agent:
     """The one place where the method picks its agent class (Vid2Act extends the DreamerV2 agent)."""
-    if config.method_name == 'vid2act' and not config.beta_vae_pretrain:
+    spec = METHOD_SPECS.get(config.method_name)
+    if spec is not None and spec.own_teacher and not config.beta_vae_pretrain:
         import vid2act
         return vid2act.Vid2ActAgent(config, action_size, step)
     return Agent(config, action_size, step)

@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import distributions as td
 
+# The methods and the release's flags that select one (aliases, so the authors' README commands run unchanged).
+from methods import METHOD_ALIASES, METHODS
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -165,11 +168,6 @@ def _guess(text: str) -> Any:
     return text
 
 
-# Release flags that select a method (kept as aliases so the authors' README commands run unchanged). The release's
-# comments swap the last two: `fine_tune` is APV, `naive_fine_tune` is DV2 Finetune
-# (docs/method.md, "The released code's behaviours and --release_compat").
-METHOD_ALIASES = {'distillation': 'diswm', 'fine_tune': 'apv', 'naive_fine_tune': 'dv2_finetune'}
-METHODS = ('dreamerv2', 'diswm', 'dv2_finetune', 'apv', 'vid2act')
 PRESET_TYPOS = {'metawolrd': 'metaworld'}
 
 

@@ -9,6 +9,11 @@ and B are exact. Pure data and small helpers: no torch, importable in a fraction
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from methods import METHOD_SPECS  # noqa: E402  (the methods, declared once; torch-free)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +36,19 @@ class Method:
     key: str                      # --method_name and the run folder (runs/<task>/<key>/...)
     label: str
     flags: tuple = ()             # dreamer.py flags besides --method_name
-    pretrained: bool = False      # needs --pretrain_checkpoint_path (and --pretrain_action_num of the source)
-    union_actions: bool = False   # DV2 Finetune: --source_action_num / --action_num_gap for the union action space
     color: str = 'k'              # line colour in the plots
     teacher: str | None = None    # key of the experiment that pretrains this method's own teacher (Vid2Act:
     #                               'vid2act_teacher'); its online runs load that stage's run of the same target
+
+    @property
+    def pretrained(self) -> bool:
+        """Needs --pretrain_checkpoint_path (and --pretrain_action_num of the source): from `methods.METHOD_SPECS`."""
+        return METHOD_SPECS[self.key].needs_checkpoint
+
+    @property
+    def union_actions(self) -> bool:
+        """DV2 Finetune: --source_action_num / --action_num_gap for the union action space (`methods`)."""
+        return METHOD_SPECS[self.key].pad_actions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,11 +101,9 @@ TASKS = {t.key: t for t in [
 ]}
 
 METHODS = {m.key: m for m in [
-    Method('diswm', 'DisWM', ('--beta_vae', 'True', '--traverse', 'True', '--distillation', 'True'),
-           pretrained=True, color='tab:red'),
-    Method('dv2_finetune', 'DV2 Finetune', ('--beta_vae', 'True'), pretrained=True, union_actions=True,
-           color='tab:blue'),
-    Method('apv', 'APV', ('--beta_vae', 'True'), pretrained=True, color='tab:green'),
+    Method('diswm', 'DisWM', ('--beta_vae', 'True', '--traverse', 'True', '--distillation', 'True'), color='tab:red'),
+    Method('dv2_finetune', 'DV2 Finetune', ('--beta_vae', 'True'), color='tab:blue'),
+    Method('apv', 'APV', ('--beta_vae', 'True'), color='tab:green'),
     Method('dreamerv2', 'DreamerV2', ('--beta_vae', 'False'), color='tab:orange'),
     # Vid2Act (docs/vid2act.md): a DreamerV2 student distilled from a frozen multi-task teacher pretrained offline by
     # the `vid2act_teacher` stage; the sweep adds --source_tasks, --offline_dir and --teacher_checkpoint_path.

@@ -624,3 +624,17 @@ def test_report_is_self_contained_with_images_and_tables(synthetic, tmp_path):
     assert 'href="runs/disentanglement/importance_diswm.png"' in page   # the link still works beside the runs
     assert '2.0 ± 1.0' in page                                  # the eval-only run
     assert 'K = 3' in page
+
+
+def test_methods_are_declared_once():
+    """`methods.py` is the one table: --method_name's choices and the release aliases (tools), the agent's parts
+    (models) and the sweep's needs (experiments) all come from it."""
+    import methods
+    import tools
+    assert tools.METHODS == methods.METHODS and set(ex.METHODS) == set(methods.METHODS)
+    assert tools.METHOD_ALIASES == {'distillation': 'diswm', 'fine_tune': 'apv', 'naive_fine_tune': 'dv2_finetune'}
+    assert {k for k, m in ex.METHODS.items() if m.pretrained} == {'diswm', 'dv2_finetune', 'apv'}
+    assert {k for k, m in ex.METHODS.items() if m.union_actions} == {'dv2_finetune'}
+    assert [k for k, m in ex.METHODS.items() if m.teacher] == [k for k, s in methods.METHOD_SPECS.items()
+                                                               if s.own_teacher] == ['vid2act']
+    assert 'torch' not in methods.__dict__
