@@ -422,7 +422,7 @@ def train(config) -> None:
                     # On a GPU the next batch is sampled, pinned and copied in a background thread while the
                     # update runs. Not on CPUs: there it gains nothing and would make sampling timing-dependent.
                     prefetcher = replay_lib.Prefetcher(replay, config.batch_size, config.batch_length,
-                                                       agent.to_torch)
+                                                       agent.training_batch)
             counters['updates'] = agent.updates
             counters['time_update'] += time.perf_counter() - tick
             last_train += due * config.train_every

@@ -100,7 +100,8 @@ def _widen_action_input(state: dict, stoch: int, new_action: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Loss parts
+# Loss parts: part(out, step) -> (terms {name: (loss, weight)}, metrics, context for the actor or None). A part gets
+# everything it needs in `out` (the world model's outputs and `out['data']`, the batch on the device) and does no I/O.
 # --------------------------------------------------------------------------------------------------------------------
 class BetaVAEPrior(nn.Module):
     """The disentanglement constraint: beta * KL(q(z|o) || N(0, I)) on the beta-VAE encoder (both stages)."""
@@ -112,7 +113,7 @@ class BetaVAEPrior(nn.Module):
     def forward(self, out: dict, step: int):
         kl_dims = tools.standard_normal_kl(out['enc']['mean'], out['enc']['logvar']).mean(dim=(0, 1))
         metrics = {f'beta_vae_kl_dim/{i:02d}': kl_dims[i].detach() for i in range(kl_dims.shape[0])}
-        return {'beta_vae_kl': (kl_dims.sum(), self.beta)}, metrics
+        return {'beta_vae_kl': (kl_dims.sum(), self.beta)}, metrics, None
 
 
 def distillation_loss(teacher_z: torch.Tensor, student_z: torch.Tensor) -> torch.Tensor:
@@ -175,7 +176,7 @@ class Distillation(nn.Module):
                 teacher_z = self.teacher(out['image'])['embed']
         loss = distillation_loss(teacher_z, out['enc']['embed'])
         eta = self.eta(step)
-        return {'distill': (loss, eta)}, {'distill_eta': eta}
+        return {'distill': (loss, eta)}, {'distill_eta': eta}, None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -304,12 +305,13 @@ class WorldModel(nn.Module):
             terms['video_kl'] = (video_kl, 1.0)
             metrics['video_kl_value'] = video_value
         for part in self.parts:
-            part_terms, part_metrics = part(out, step)
+            part_terms, part_metrics, context = part(out, step)
             terms.update(part_terms)
             metrics.update(part_metrics)
-        total = sum(value * weight for value, weight in terms.values())
-        metrics.update({f'{name}_loss': value.detach() for name, (value, _) in terms.items()})
-        metrics['model_loss'] = total.detach()
+            if context is not None:      # per-posterior-state context for the actor in imagination (Vid2Act's k*)
+                out['behavior_context'] = context
+        total, loss_metrics = tools.weighted_terms(terms)
+        metrics.update(loss_metrics)
         return total, out, metrics
 
     @torch.no_grad()
@@ -566,9 +568,14 @@ class Agent(nn.Module):
         APV's bonus is in the reward head itself (trained on reward + beta * bonus), as in APV."""
         return self.wm.reward(feats[:-1])
 
+    def training_batch(self, batch: dict) -> dict:
+        """What an update trains on, on the device (the prefetcher prepares it in the background on a GPU); agents
+        that train on more than the replay batch add it here (Vid2Act: its source batch)."""
+        return self.to_torch(batch)
+
     def update(self, batch: dict, step: int) -> dict:
         """One world-model and one actor-critic update; metrics stay tensors (no host sync here)."""
-        data = self.to_torch(batch)
+        data = self.training_batch(batch)
         out, metrics = self.update_world_model(data, step)
         metrics.update(self.update_behavior(out))
         return metrics
@@ -588,7 +595,7 @@ class Agent(nn.Module):
         self.behavior.actor.requires_grad_(True)
         self.behavior.critic.requires_grad_(True)
         with self.autocast():
-            # A loss part may leave a per-start-state context for the actor in out['behavior_context'] (Vid2Act).
+            # The context a loss part returned for the actor (Vid2Act's k* per posterior state), if any.
             actor_loss, critic_loss, metrics = self.behavior.losses(self.wm, start, self.reward_fn,
                                                                     out.get('behavior_context'))
         metrics['actor_grad_norm'] = self.actor_opt.step(actor_loss)

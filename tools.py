@@ -542,6 +542,15 @@ class ClippedNormal:
         return self._normal.entropy().sum(-1)
 
 
+def weighted_terms(terms: dict) -> tuple:
+    """{name: (loss, weight)} -> (the weighted sum, metrics `<name>_loss` (unweighted) and `model_loss`): the one
+    place every world model (online, stage 1, the Vid2Act teacher) sums its named loss terms."""
+    total = sum(value * weight for value, weight in terms.values())
+    metrics = {f'{name}_loss': value.detach() for name, (value, _) in terms.items()}
+    metrics['model_loss'] = total.detach()
+    return total, metrics
+
+
 def lambda_return(reward, next_value, discount, lambda_: float, reverse_bug: bool = False):
     """TD(lambda) returns, time-major (T, ...): R_t = r_t + g_t * ((1 - l) V_{t+1} + l R_{t+1}), R_T = V_T.
 

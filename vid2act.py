@@ -305,9 +305,8 @@ class LabelledWorldModel(nn.Module):
         reward_loss = (reward_nll * mask).sum() / mask.sum().clamp_min(1.0)
         kl_loss, kl_value = tools.balanced_kl(post, prior, config.kl_balance, config.kl_free, config.kl_scale)
         terms = {'image': (image_nll.mean(), 1.0), 'reward': (reward_loss, config.reward_scale), 'kl': (kl_loss, 1.0)}
-        total = sum(value * weight for value, weight in terms.values())
-        metrics = {f'{name}_loss': value.detach() for name, (value, _) in terms.items()}
-        metrics.update(kl_value=kl_value, model_loss=total.detach())
+        total, metrics = tools.weighted_terms(terms)
+        metrics['kl_value'] = kl_value
         return total, metrics, image_nll.detach()
 
 
@@ -385,8 +384,9 @@ def distill_loss(distilled: torch.Tensor, feat: torch.Tensor, weights: torch.Ten
 class Vid2ActDistill(nn.Module):
     """Vid2Act's world-model loss part: domain-selective distillation from the frozen teacher + the action-replay CVAE.
 
-    forward(out, step) -> ({'vid2act_distill': (L_dist, w), 'vid2act_vae': (L_vae, w)}, metrics) and leaves the
-    highest-weight teacher k* per posterior state in out['behavior_context'] (B, T) for imagination.
+    forward(out, step) -> ({'vid2act_distill': (L_dist, w), 'vid2act_vae': (L_vae, w)}, metrics, k*): k* (B, T) is
+    the highest-weight teacher per posterior state, the context of the actor in imagination. The source batch comes
+    in `out['data']['sources']` (see `Vid2ActAgent.training_batch`).
     """
 
     def __init__(self, config, teacher: LabelledWorldModel, meta: dict, feat_size: int, sources: SourceData | None):
@@ -424,20 +424,21 @@ class Vid2ActDistill(nn.Module):
         """The CVAE decoder's bottleneck hidden for states (N, F) and teacher labels (N,), with a fresh z."""
         return self.vae.decode(feat, F.one_hot(label.long(), self.num_teachers))[1]
 
-    def _source_batch(self, batch: int, length: int) -> dict:
+    def sample_sources(self, batch: int, length: int) -> dict:
+        """One source batch (numpy): `batch` sequences of each source task with its label, read from disk at the
+        first call. Sampled by the agent next to the target batch (`Vid2ActAgent.training_batch`), not by the loss."""
         if not self.sources.loaded:
             self.sources.load(self.action_size, rewards=False)
             print('Vid2Act source datasets: ' + ', '.join(
                 f'{task} ({self.sources.action_sizes[task]} actions, {len(r)} steps)'
                 for task, r in zip(self.tasks, self.sources.replays)) + f'; actions padded to {self.action_size}.')
-        sample = self.sources.sample([batch] * self.num_teachers, length)
-        return to_device(sample, self.imp.weight.device)
+        return self.sources.sample([batch] * self.num_teachers, length)
 
     def forward(self, out: dict, step: int):
         feat, data = out['feat'], out['data']
         B, T = feat.shape[:2]
         K = self.num_teachers
-        src = self._source_batch(B, T)
+        src = data['sources']                # the source batch, on the device (sampled with the target batch)
         with torch.no_grad():  # the teacher: target sequences once per label, then each task's own source batch
             image = models.preprocess_image(torch.cat([data['image'].repeat(K, 1, 1, 1, 1), src['image']]))
             action = torch.cat([self.pad(data['action']).repeat(K, 1, 1), src['action']])
@@ -463,7 +464,6 @@ class Vid2ActDistill(nn.Module):
         vae_loss = (recon_k + self.config.vid2act_vae_kl * kl_k).sum()
 
         k_star = weights.argmax(-1)
-        out['behavior_context'] = k_star.detach()
         metrics = {'vid2act_vae_recon': recon_k.sum().detach(), 'vid2act_vae_kl': kl_k.sum().detach()}
         mean_weights = weights.detach().mean(dim=(0, 1))
         chosen = F.one_hot(k_star, K).float().mean(dim=(0, 1))
@@ -473,7 +473,7 @@ class Vid2ActDistill(nn.Module):
             metrics[f'vid2act_distill_mse/{task}'] = mse[k]
         terms = {'vid2act_distill': (dist_loss, self.config.vid2act_distill_weight),
                  'vid2act_vae': (vae_loss, self.config.vid2act_vae_weight)}
-        return terms, metrics
+        return terms, metrics, k_star.detach()        # context: the teacher label k* of every posterior state
 
 
 class Vid2ActBehavior(models.ImagBehavior):
@@ -511,6 +511,15 @@ class Vid2ActAgent(models.Agent):
     def make_behavior(self, config, action_size: int) -> Vid2ActBehavior:
         return Vid2ActBehavior(config, self.wm.rssm.feat_size, action_size, self.distill)
 
+    def training_batch(self, batch: dict) -> dict:
+        """The target batch and one source batch of the same shape per task, both on the device (on a GPU in the
+        prefetch thread, like the target batch). A batch that already holds its sources keeps them."""
+        data = super().training_batch(batch)
+        if self.distill.sources is not None:
+            sources = batch['sources'] if 'sources' in batch else self.distill.sample_sources(*batch['image'].shape[:2])
+            data['sources'] = to_device(sources, self.config.device)
+        return data
+
     @property
     def distill(self) -> Vid2ActDistill:
         return next(part for part in self.wm.parts if isinstance(part, Vid2ActDistill))
@@ -529,8 +538,9 @@ class Vid2ActAgent(models.Agent):
             state = (self.wm.rssm.initial(batch, device), torch.zeros(batch, self.action_size, device=device),
                      teacher.rssm.initial(K * batch, device))
         latent, action, teacher_latent = state
-        embed = self.wm.encoder(image, sample=training)['embed'][:, 0]
-        latent, _ = self.wm.rssm.obs_step(latent, self.wm.pad_action(action), embed, is_first, sample=training)
+        sample = training or not self.config.eval_state_mean       # as models.Agent.policy
+        embed = self.wm.encoder(image, sample=sample)['embed'][:, 0]
+        latent, _ = self.wm.rssm.obs_step(latent, self.wm.pad_action(action), embed, is_first, sample=sample)
         feat = self.wm.rssm.feat(latent)
         onehot = teacher.onehot(torch.arange(K, device=device).repeat_interleave(batch))
         teacher_embed = teacher.embed(image.repeat(K, 1, 1, 1, 1), onehot)[:, 0]
@@ -539,7 +549,7 @@ class Vid2ActAgent(models.Agent):
         else:
             prev, first = teacher_latent, is_first.repeat(K)
         teacher_latent, _ = teacher.rssm.obs_step(prev, part.pad(action).repeat(K, 1), teacher_embed, first,
-                                                  sample=training, label=onehot)
+                                                  sample=sample, label=onehot)
         teacher_feat = teacher.rssm.feat(teacher_latent).reshape(K, batch, -1)
         k_star = part.weights(teacher_feat, feat).argmax(-1)
         dist = self.behavior.actor(self.behavior.actor_input(feat, k_star))

@@ -113,7 +113,7 @@ def child(args) -> dict:
             sync()
             return metrics, (t1 - t0, time.perf_counter() - t1)
 
-        prepare = agent.to_torch
+        prepare = agent.training_batch
 
     data = [batch() for _ in range(2)]
     for i in range(args.warmup):

@@ -103,7 +103,8 @@ def test_beta_vae_kl_by_hand():
     assert np.allclose(tools.standard_normal_kl(mean, logvar).numpy()[0], expected, atol=1e-6)
     prior = models.BetaVAEPrior(0.015)
     out = {'enc': {'mean': mean[None].expand(2, 3, 2), 'logvar': logvar[None].expand(2, 3, 2)}}
-    terms, metrics = prior(out, 0)
+    terms, metrics, context = prior(out, 0)
+    assert context is None
     value, weight = terms['beta_vae_kl']
     assert weight == 0.015 and abs(value.item() - sum(expected)) < 1e-5
     assert abs(metrics['beta_vae_kl_dim/01'].item() - expected[1]) < 1e-6

@@ -155,7 +155,7 @@ def test_gradients_reach_imp_distiller_and_cvae_never_the_teacher(setup):
     assert agent.behavior.actor.net[0].in_features == feat_size + 50
     assert agent.behavior.critic.net[0].in_features == feat_size
 
-    data = agent.to_torch(target_batch())
+    data = agent.training_batch(target_batch())   # with its source batch
     for p in agent._wm_params:
         p.requires_grad_(True)
     loss, out, metrics = agent.wm.loss(data, 0)
@@ -191,7 +191,8 @@ def test_acting_keeps_one_state_per_teacher_reset_at_episode_start(setup):
     frames = rng.integers(0, 255, (steps, B, 64, 64, 3), dtype=np.uint8)
     for compat in (False, True):
         torch.manual_seed(0)
-        agent = models.make_agent(config(tmp_path, '--release_compat', str(compat)), 4)
+        # means, not samples, in evaluation: the teacher states are compared with the deterministic filter
+        agent = models.make_agent(config(tmp_path, '--release_compat', str(compat), '--eval_state_mean', 'True'), 4)
         teacher = agent.distill.teacher
         state, actions = None, [np.zeros((B, 4), np.float32)]
         for i in range(steps):
