@@ -347,17 +347,42 @@ def train(config) -> None:
         print(f'Distractor schedule: {schedule}; switch to set 2 at agent step {switch_step}.')
 
     rng = np.random.default_rng(config.seed + len(episodes))
-    prefill = max(0, config.prefill - step) if not os.path.exists(ckpt_path) else 0
-    next_eval = (step * repeat // config.eval_every + 1) * config.eval_every
-    next_log = (step * repeat // config.log_every + 1) * config.log_every
-    last_train = step
-    pretrained_updates = counters['updates'] > 0
+    prefill_until = step + (max(0, config.prefill - step) if not os.path.exists(ckpt_path) else 0)
+    # The schedule, in agent steps (train) and env steps (log, eval); the first training call does `pretrain` updates.
+    train_ratio = tools.Ratio(config.train_every, start=step)
+    log_due = tools.Every(config.log_every, start=step * repeat)
+    eval_due = tools.Every(config.eval_every, start=step * repeat)
+    first_call = counters['updates'] == 0
+    timer = tools.Timer(counters)
     fps_time, fps_step = time.time(), step
-    last_return = float('nan')
-    last_save = time.time()
+    last_return, last_save = float('nan'), time.time()
 
-    def switch_if_due():
-        nonlocal phase
+    bar = tqdm(total=total_steps, initial=min(step, total_steps), unit='step', dynamic_ncols=True,
+               disable=not config.progress, desc='train')
+    collector = Collector(train_envs)
+    guard = tools.FiniteGuard(config.device, skip_grad_norms=config.precision == '16')
+    prefetcher = None
+    act = random_policy(action_size, rng)
+    if prefill_until > step:
+        print(f'Prefilling {prefill_until - step} agent steps with random actions ({config.envs} env(s)).')
+    while counters['step'] < total_steps:
+        # Collect one step of every env; finished episodes go to disk and into the replay.
+        with timer('time_env'):
+            finished = collector.step(act if counters['step'] < prefill_until else agent.policy, training=True)
+            for _, rec in finished:
+                ep = rec.episode()
+                counters['last_episode'] = os.path.basename(replay_lib.save_episode(train_dir, ep))
+                replay.add_episode(ep)
+                counters['episodes'] += 1
+                last_return = rec.score
+                logger.scalar('train_return', rec.score)
+                logger.scalar('train_length', len(rec))
+                if rec.reports_success:
+                    logger.scalar('train_success', float(rec.success))
+                fps = (counters['step'] - fps_step) * repeat / max(time.time() - fps_time, 1e-6)
+                bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{fps:.0f}')
+        counters['step'] += config.envs
+        bar.update(config.envs)
         if switch_step is not None and phase == 1 and counters['step'] >= switch_step:
             phase = 2
             train_envs.set_distractor(schedule['train_2'])   # every worker, at its next reset
@@ -366,72 +391,38 @@ def train(config) -> None:
                   f"eval '{schedule['eval_2']}'.")
             logger.scalar('distractor_switch', 1.0)
             logger.scalar('distractor_phase', 2.0)
-
-    def finish_episode(rec):
-        nonlocal last_return
-        ep = rec.episode()
-        counters['last_episode'] = os.path.basename(replay_lib.save_episode(train_dir, ep))
-        replay.add_episode(ep)
-        counters['episodes'] += 1
-        last_return = rec.score
-        logger.scalar('train_return', rec.score)
-        logger.scalar('train_length', len(rec))
-        if rec.reports_success:
-            logger.scalar('train_success', float(rec.success))
-
-    bar = tqdm(total=total_steps, initial=min(step, total_steps), unit='step', dynamic_ncols=True,
-               disable=not config.progress, desc='train')
-    collector = Collector(train_envs)
-    guard = tools.FiniteGuard(config.device, skip_grad_norms=config.precision == '16')
-    prefetcher = None
-    act = random_policy(action_size, rng)
-    if prefill:
-        print(f'Prefilling {prefill} agent steps with random actions ({config.envs} env(s)).')
-    while counters['step'] < total_steps:
-        policy = act if counters['step'] < step + prefill else agent.policy
-        tick = time.perf_counter()
-        finished = collector.step(policy, training=True)
-        for _, rec in finished:
-            finish_episode(rec)
-            fps = (counters['step'] - fps_step) * repeat / max(time.time() - fps_time, 1e-6)
-            bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{fps:.0f}')
-        counters['time_env'] += time.perf_counter() - tick
-        counters['step'] += config.envs
-        bar.update(config.envs)
-        switch_if_due()
         if finished and time.time() - last_save >= config.checkpoint_every * 60 and counters['step'] < total_steps:
             guard.check()
             save_checkpoint(ckpt_path, agent, counters, replay, config)   # right after an episode was written
             last_save = time.time()
-        if counters['step'] < step + prefill:
-            last_train = counters['step']
+        if counters['step'] < prefill_until:
+            train_ratio.restart(counters['step'])
             continue
 
-        # Training: `pretrain` updates at the first call, then `train_steps` per `train_every` agent steps.
-        due = (counters['step'] - last_train) // config.train_every
-        if len(replay) >= config.batch_length and due:
-            n = config.pretrain if not pretrained_updates else due * config.train_steps
-            pretrained_updates = True
-            tick = time.perf_counter()
-            for _ in range(n):
-                batch = prefetcher.next() if prefetcher else replay.sample(config.batch_size, config.batch_length)
-                metrics = agent.update(batch, counters['step'])
-                guard.watch(metrics, agent.updates)
-                logger.scalars(metrics)
-                if prefetcher is None and str(config.device).startswith('cuda'):
-                    # On a GPU the next batch is sampled, pinned and copied in a background thread while the
-                    # update runs. Not on CPUs: there it gains nothing and would make sampling timing-dependent.
-                    prefetcher = replay_lib.Prefetcher(replay, config.batch_size, config.batch_length,
-                                                       agent.training_batch)
+        # Train: `train_steps` updates per `train_every` agent steps (once the replay holds a sequence).
+        due = train_ratio(counters['step']) if len(replay) >= config.batch_length else 0
+        if due:
+            with timer('time_update'):
+                for _ in range(config.pretrain if first_call else due * config.train_steps):
+                    batch = prefetcher.next() if prefetcher else replay.sample(config.batch_size, config.batch_length)
+                    metrics = agent.update(batch, counters['step'])
+                    guard.watch(metrics, agent.updates)
+                    logger.scalars(metrics)
+                    if prefetcher is None and str(config.device).startswith('cuda'):
+                        # On a GPU the next batch is sampled, pinned and copied in a background thread while the
+                        # update runs. Not on CPUs: there it gains nothing and would make sampling timing-dependent.
+                        prefetcher = replay_lib.Prefetcher(replay, config.batch_size, config.batch_length,
+                                                           agent.training_batch)
+            first_call = False
             counters['updates'] = agent.updates
-            counters['time_update'] += time.perf_counter() - tick
-            last_train += due * config.train_every
 
+        # Log and evaluate (an evaluation also at the end), after checking that nothing became non-finite.
         env_step = counters['step'] * repeat
-        if env_step >= next_log or env_step >= next_eval or counters['step'] >= total_steps:
+        log_now = log_due(env_step)
+        eval_now = eval_due(env_step) or counters['step'] >= total_steps
+        if log_now or eval_now:
             guard.check()   # before anything is logged or saved from this state
-        if env_step >= next_log:
-            next_log += config.log_every
+        if log_now:
             now = time.time()
             logger.scalar('fps', (counters['step'] - fps_step) * repeat / max(now - fps_time, 1e-6))
             logger.scalar('updates', agent.updates)
@@ -441,12 +432,10 @@ def train(config) -> None:
             if config.tensorboard_video:
                 log_predictions(agent, replay, logger, config, logdir, env_step)
             logger.write(env_step, echo=not config.progress)
-        if env_step >= next_eval or counters['step'] >= total_steps:
-            next_eval += config.eval_every
-            tick = time.perf_counter()
-            returns, successes, _ = evaluate(agent, eval_envs, config, logger, config.eval_episodes, eval_dir)
-            log_predictions(agent, replay, logger, config, logdir, env_step)
-            counters['time_eval'] += time.perf_counter() - tick
+        if eval_now:
+            with timer('time_eval'):
+                returns, successes, _ = evaluate(agent, eval_envs, config, logger, config.eval_episodes, eval_dir)
+                log_predictions(agent, replay, logger, config, logdir, env_step)
             log_times(logger, counters)
             row = logger.write(env_step, echo=False)
             msg = f'Eval at env step {env_step}: return {np.mean(returns):.1f} ± {np.std(returns):.1f}'

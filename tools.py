@@ -571,6 +571,56 @@ def lambda_return(reward, next_value, discount, lambda_: float, reverse_bug: boo
 # --------------------------------------------------------------------------------------------------------------------
 # Optimisation helpers
 # --------------------------------------------------------------------------------------------------------------------
+class Every:
+    """Due once each time a counter passes the next multiple of `interval` (counted from the multiple after
+    `start`): `every(value)` is True at most once per call and then moves to the following multiple."""
+
+    def __init__(self, interval: int, start: int = 0):
+        self.interval = interval
+        self.next = (start // interval + 1) * interval
+
+    def __call__(self, value: int) -> bool:
+        if value < self.next:
+            return False
+        self.next += self.interval
+        return True
+
+
+class Ratio:
+    """How many actions are due: one per `every` units the counter advanced since the last call that counted
+    (`ratio(value)` returns that many and keeps the remainder); `restart(value)` counts from `value` again."""
+
+    def __init__(self, every: int, start: int = 0):
+        self.every, self.last = every, start
+
+    def restart(self, value: int) -> None:
+        self.last = value
+
+    def __call__(self, value: int) -> int:
+        due = (value - self.last) // self.every
+        self.last += due * self.every
+        return due
+
+
+class Timer:
+    """Adds the wall-clock seconds spent inside `with timer('key'):` to `totals['key']`."""
+
+    def __init__(self, totals: dict):
+        self.totals = totals
+
+    def __call__(self, key: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            tick = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.totals[key] += time.perf_counter() - tick
+        return timed()
+
+
 class FiniteGuard:
     """Stops a run at the first non-finite loss (`*_loss`) or gradient norm (`*_grad_norm`) among an update's metrics.
 

@@ -292,3 +292,26 @@ def test_beta_vae_init_as_released_kaiming_for_conv_and_linear_default_for_trans
         elif isinstance(m, torch.nn.Linear):                         # Kaiming normal: std sqrt(2 / fan_in)
             assert torch.all(m.bias == 0)
             assert float(m.weight.std()) == pytest.approx(np.sqrt(2 / m.weight.shape[1]), rel=0.15)
+
+
+def test_schedule_helpers_match_the_plain_counters():
+    """`tools.Every` / `tools.Ratio` against the hand-kept counters the training loop used before (next_log +=
+    interval when due; last_train += due * every), over irregular counter jumps."""
+    rng = np.random.default_rng(0)
+    values = np.cumsum(rng.integers(0, 7, 300)) + 13
+    every, ratio = tools.Every(10, start=13), tools.Ratio(5, start=13)
+    next_log, last_train = (13 // 10 + 1) * 10, 13
+    for v in values:
+        expected_log = v >= next_log
+        if expected_log:
+            next_log += 10
+        assert every(int(v)) == expected_log
+        expected_due = (v - last_train) // 5
+        last_train += expected_due * 5
+        assert ratio(int(v)) == expected_due
+    ratio.restart(1000)
+    assert ratio(1004) == 0 and ratio(1005) == 1
+    totals = {'time_x': 1.0}
+    with tools.Timer(totals)('time_x'):
+        pass
+    assert totals['time_x'] >= 1.0
