@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command of the README: sets up the environment, then runs the whole test suite (CPU, ~5 minutes).
+# The test command of the README: sets up the environment, then runs the whole test suite (CPU, ~12 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
