@@ -63,10 +63,10 @@ def child(args) -> dict:
     torch.set_num_threads(args.threads)
     malloc_cache = tools.keep_freed_memory(args.malloc_cache)
     B, L = args.batch[0], args.length
-    argv = ['--configs', 'defaults', 'dmc2gym', '--batch_size', str(B), '--batch_length', str(L), '--device',
-            args.device, '--precision', args.precision, '--compile', str(args.compile), '--logdir', '/tmp/bench',
-            '--seed', '0', '--malloc_cache', str(args.malloc_cache)]
     tmp = tempfile.mkdtemp()
+    argv = ['--configs', 'defaults', 'dmc2gym', '--batch_size', str(B), '--batch_length', str(L), '--device',
+            args.device, '--precision', args.precision, '--compile', str(args.compile), '--logdir',
+            os.path.join(tmp, 'run'), '--seed', '0', '--malloc_cache', str(args.malloc_cache)]
     if args.mode == 'diswm':
         video = models.WorldModel(tools.make_config(argv + ['--beta_vae_pretrain', 'True', '--beta_vae', 'True']), 2,
                                   models.METHOD_SPECS['pretrain'])
