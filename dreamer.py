@@ -1,6 +1,7 @@
-"""The single entry point: CLI and config resolution, the run folder, and the stage loops: online training,
-evaluation-only runs, the action-free video pretraining and Vid2Act's teacher pretraining. Nothing imports it; the
-acting loop is `env/driver.py`.
+"""The single entry point: CLI and config resolution, the run folder, and the stage loop that `--mode` picks: online
+training (train), evaluation-only runs (eval), the action-free video pretraining (video_pretrain) and Vid2Act's
+teacher pretraining (teacher_pretrain). Nothing imports it; the acting loop is `env/driver.py`, agents are built and
+loaded by `agents.py`.
 
     python dreamer.py --configs defaults dmc2gym --task dmc2gym_walker_walk --logdir runs/x --seed 0 [--key value ...]
 
@@ -19,18 +20,11 @@ import time
 import numpy as np
 import torch
 
+import agents
+import models
 import tools
 from env.driver import Collector, random_policy  # the acting loop
-from models import load_checkpoint, read_checkpoint  # noqa: F401
 from tools import ConfigError
-
-# Keys that shape the agent's networks: an evaluation-only run takes them from the checkpoint it loads.
-MODEL_KEYS = ('method_name', 'beta_vae', 'z_dim', 'dyn_stoch', 'dyn_deter', 'dyn_hidden', 'dyn_cell', 'dyn_min_std',
-              'cnn_depth', 'units', 'reward_layers', 'value_layers', 'actor_layers', 'actor_min_std',
-              'source_action_num', 'action_num_gap', 'pretrain_action_num', 'queue_size', 'queue_dim', 'intr_k',
-              'intr_seq_length', 'release_compat', 'source_tasks', 'teacher_checkpoint_path', 'action_pad',
-              'vid2act_vae_hidden', 'vid2act_vae_bottleneck')
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Run folder
@@ -62,6 +56,7 @@ def run_changes(logdir: str, config) -> tuple[list[str], dict]:
             stored = YAML(typ='safe', pure=True).load(f)
     except Exception as e:
         raise ConfigError(f"'{path}' is unreadable ({e}); the run folder is damaged: use a new --logdir.") from None
+    stored = tools.upgrade_saved_config(stored)
     now = _plain(config)
     conflicts, resumable = [], {}
     for key in sorted(set(stored or {}) & set(now)):
@@ -285,7 +280,6 @@ def log_times(logger, counters: dict) -> None:
 
 
 def train(config) -> None:
-    import models
     import replay as replay_lib
     from tqdm import tqdm
 
@@ -308,7 +302,7 @@ def train(config) -> None:
     switches = schedule['train_1'] != schedule['train_2'] or schedule['eval_1'] != schedule['eval_2']
     switch_step = total_steps // 2 if switches else None
 
-    saved_state = read_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
+    saved_state = agents.read_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
     if saved_state is not None:
         # Episodes finished after the checkpoint was written: their steps and updates are not in the loaded weights.
         moved = set_aside_episodes(train_dir, saved_state['counters'].get('last_episode'),
@@ -326,12 +320,12 @@ def train(config) -> None:
     phase = 2 if switch_step is not None and step >= switch_step else 1
     train_envs, eval_envs = make_envs(config, schedule, phase, seed_offset=len(episodes))
     action_size = train_envs.action_size
-    agent = models.make_agent(config, action_size, step=step)
+    agent = agents.make_agent(config, action_size, step=step)
     # Wall-clock seconds spent on env stepping, updates and evaluation (cumulative over resumes; logged as time_*).
     counters = {'step': step, 'updates': 0, 'episodes': len(episodes), 'time_env': 0.0, 'time_update': 0.0,
                 'time_eval': 0.0}
     if saved_state is not None:
-        saved = load_checkpoint(ckpt_path, agent, replay, saved_state)
+        saved = agents.load_checkpoint(ckpt_path, agent, replay, saved_state)
         del saved_state
         counters['updates'] = saved.get('updates', 0)
         for key in ('time_env', 'time_update', 'time_eval'):
@@ -403,7 +397,7 @@ def train(config) -> None:
         due = train_ratio(counters['step']) if len(replay) >= config.batch_length else 0
         if due:
             with timer('time_update'):
-                for _ in range(config.pretrain if first_call else due * config.train_steps):
+                for _ in range(config.prefill_updates if first_call else due * config.train_steps):
                     batch = prefetcher.next() if prefetcher else replay.sample(config.batch_size, config.batch_length)
                     metrics = agent.update(batch, counters['step'])
                     guard.watch(metrics, agent.updates)
@@ -468,23 +462,16 @@ def train(config) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # An evaluation-only run takes these from the checkpoint's stored config unless the command sets them itself.
 EVAL_KEYS_FROM_CHECKPOINT = ('task', 'action_repeat', 'time_limit', 'size', 'camera', 'clean_render',
-                             'color_distractor', 'color') + MODEL_KEYS
+                             'color_distractor', 'color') + models.ARCHITECTURE_KEYS
 
 
 def evaluate_only(config, explicit=frozenset()) -> None:
     """`--mode eval`: evaluates `--checkpoint` (a run folder or its checkpoint.pt); the task, env and model settings
     come from the checkpoint except the keys in `explicit` (given on the command line)."""
-    import models
-
-    path = config.checkpoint
-    if path and os.path.isdir(path):
-        path = os.path.join(path, 'checkpoint.pt')
-    if not path or not os.path.isfile(path):
-        raise ConfigError(f"--mode eval needs --checkpoint: a run folder or its checkpoint.pt (got "
-                          f"{config.checkpoint!r}, which {'has no checkpoint.pt' if config.checkpoint else 'is empty'}"
-                          f").")
-    config.checkpoint = path
-    state = read_checkpoint(path)
+    if not config.checkpoint:
+        raise ConfigError("--mode eval needs --checkpoint: a run folder or its checkpoint.pt.")
+    path = config.checkpoint = agents.checkpoint_file(config.checkpoint)
+    state = agents.read_checkpoint(path)
     stored = state.get('config', {})
     taken = []
     for key in EVAL_KEYS_FROM_CHECKPOINT:
@@ -501,7 +488,7 @@ def evaluate_only(config, explicit=frozenset()) -> None:
         raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
     eval_envs = make_parallel(config, config.seed + 20_000, schedule[config.eval_distractor])
     run_time = {k: config[k] for k in ('device', 'precision', 'compile', 'tf32', 'eval_state_mean', 'seed')}
-    agent, _, _ = models.load_agent(path, run_time, state)
+    agent, _, _ = agents.load_agent(path, run_time, state)
     if agent.action_size != eval_envs.action_size:
         raise ConfigError(f"The policy in '{path}' has {agent.action_size} actions but {config.task} has "
                           f"{eval_envs.action_size}: evaluate it on its own task (leave out --task).")
@@ -573,7 +560,6 @@ def pretrain_video(config) -> None:
     """Trains the action-free beta-VAE video prediction model on a folder of video episodes
     (docs/method.md, "Stage 1")."""
     import imageio.v2 as imageio
-    import models
     import replay as replay_lib
 
     logdir = prepare_logdir(config)
@@ -597,7 +583,7 @@ def pretrain_video(config) -> None:
     state_path = os.path.join(logdir, 'pretrain_state.pt')
     start = 0
     if os.path.exists(state_path):
-        state = read_checkpoint(state_path, config.device)
+        state = agents.read_checkpoint(state_path, config.device)
         wm.load_state_dict(state['model'])
         opt.load_state_dict(state['optimizer'])
         tools.set_rng_state(state['rng'])
@@ -609,9 +595,8 @@ def pretrain_video(config) -> None:
     logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard, use_wandb=config.wandb)
 
     def save(updates: int):
-        meta = dict(z_dim=config.z_dim, pretrain_action_num=config.pretrain_action_num, updates=updates,
-                    dyn_stoch=config.dyn_stoch, dyn_deter=config.dyn_deter, dyn_hidden=config.dyn_hidden,
-                    task=config.task, config=config.to_dict())
+        meta = dict({key: config[key] for key in models.VIDEO_MODEL_KEYS}, updates=updates, task=config.task,
+                    config=config.to_dict())
         sample = replay.sample(1, config.batch_length)
         data = {k: torch.as_tensor(v, device=config.device) for k, v in sample.items()}
         grid = wm.traverse(data['image'])
@@ -658,7 +643,7 @@ def pretrain_teacher(config) -> None:
     action_size = vid2act.padded_action_size(config, sources.action_sizes, target_size)
     logdir = prepare_logdir(config)
     configure_torch(config)
-    sizes = {key: config[key] for key in vid2act.TEACHER_SIZES}
+    sizes = {key: config[key] for key in models.WORLD_MODEL_KEYS}
     meta = dict(format=vid2act.TEACHER_FORMAT, source_tasks=tasks, num_teachers=len(tasks), action_size=action_size,
                 source_action_sizes=sources.action_sizes, target_task=config.task, target_action_size=target_size,
                 sizes=sizes, offline_dir=os.path.abspath(config.offline_dir), updates=0)
@@ -700,7 +685,7 @@ def pretrain_teacher(config) -> None:
 
     def update_fn(update: int) -> dict:
         shares = vid2act.task_shares(config.batch_size, len(tasks), update)
-        batch = vid2act.to_device(sources.sample(shares, config.batch_length), config.device)
+        batch = tools.to_device(sources.sample(shares, config.batch_length), config.device)
         with tools.autocast(config):
             loss, metrics, image_nll = teacher.loss(batch, config)
         metrics['model_grad_norm'] = opt.step(loss)
@@ -720,6 +705,10 @@ def pretrain_teacher(config) -> None:
           f"--teacher_checkpoint_path {logdir}")
 
 
+# The stage loop each --mode runs (tools.finalize_config resolves the mode once, the release's flags included).
+STAGES = {'train': train, 'video_pretrain': pretrain_video, 'teacher_pretrain': pretrain_teacher}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if '--help' in argv or '-h' in argv:
@@ -728,16 +717,10 @@ def main(argv=None) -> int:
     try:
         config = tools.make_config(argv)
         tools.check_device(config)   # before any file is written
-        if config.beta_vae_pretrain:
-            pretrain_video(config)
-        elif config.vid2act_pretrain:
-            pretrain_teacher(config)
-        elif config.mode == 'eval':
+        if config.mode == 'eval':
             evaluate_only(config, explicit={key.split('.')[0] for key, _ in tools.split_argv(argv)[1]})
-        elif config.mode == 'train':
-            train(config)
         else:
-            raise ConfigError(f"Unknown --mode '{config.mode}' (use train or eval).")
+            STAGES[config.mode](config)
     except ConfigError as e:
         print(f'Error: {e}', file=sys.stderr)
         return 2

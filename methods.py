@@ -1,4 +1,5 @@
-"""The methods, declared once (torch-free): which pretrained parts each one loads and which extra parts it has.
+"""What dreamer.py runs, declared once (torch-free): the methods (which pretrained parts each one loads and which extra
+parts it has) and the modes (which program: online training, evaluation, one of the two pretraining stages).
 
 `tools` validates `--method_name` and resolves the release's alias flags from this table, `models` builds an agent's
 parts from a method's spec, and the sweep's experiment table (`scripts/experiments.py`) derives which runs need a
@@ -42,3 +43,30 @@ METHOD_SPECS = {spec.name: spec for spec in [
 # What --method_name accepts, and the release's flags that select a method.
 METHODS = tuple(name for name, spec in METHOD_SPECS.items() if not spec.action_free)
 METHOD_ALIASES = {spec.release_flag: name for name, spec in METHOD_SPECS.items() if spec.release_flag}
+
+
+# The programs dreamer.py runs, picked by --mode (docs/method.md, "The three stages"), and the flags that select one as
+# an alias (`--beta_vae_pretrain True` is the release's). `tools.finalize_config` resolves them once; code reads
+# `config.mode` only.
+MODES = {
+    'train': 'online training, evaluating every eval_every env steps',
+    'eval': 'evaluation only, of --checkpoint',
+    'video_pretrain': 'stage 1: the action-free beta-VAE video model on --pretrain_datasets_path',
+    'teacher_pretrain': "Vid2Act's multi-task teacher on --offline_dir",
+}
+MODE_ALIASES = {'beta_vae_pretrain': 'video_pretrain', 'vid2act_pretrain': 'teacher_pretrain'}
+
+
+def mode_of(config) -> str:
+    """The mode a config selects (a Config or a saved config dict, also one written before `mode` named the
+    pretraining stages, when only the alias flags did). ValueError when it is unknown or the flags contradict it."""
+    mode = config.get('mode') or 'train'
+    for flag, name in MODE_ALIASES.items():
+        if config.get(flag) and mode != name:
+            if mode != 'train':
+                raise ValueError(f"--{flag} True selects --mode {name} but --mode is '{mode}': give one of them.")
+            mode = name
+    if mode not in MODES:
+        raise ValueError(f"Unknown --mode '{mode}'. Modes: " + '; '.join(f'{k} ({v})' for k, v in MODES.items())
+                         + '.')
+    return mode

@@ -1,8 +1,10 @@
-"""World model (one class, loss built from named parts), behaviour learning, and the method table.
+"""World model (one class, loss built from named parts), behaviour learning, the DreamerV2 agent, the architecture
+keys, and the pretrained video model's files.
 
 A method (DreamerV2, DisWM, DV2 Finetune, APV; the action-free video model for pretraining) is a `MethodSpec`
-chosen once from `config.method_name`; it decides which parts the world model is built from and what is loaded from
-the pretrained checkpoints. The training step itself never tests the method again.
+(declared in methods.py) chosen once from `config.method_name`; it decides which parts the world model is built from
+and what is loaded from the pretrained checkpoints. The training step itself never tests the method again. Building
+and loading whole agents is agents.py.
 """
 from __future__ import annotations
 
@@ -21,10 +23,22 @@ from methods import METHOD_SPECS, MethodSpec  # noqa: F401  (the methods are dec
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Methods
+# Architecture keys and methods
 # --------------------------------------------------------------------------------------------------------------------
+# The config keys that shape the networks, listed once. Whatever is rebuilt from saved weights takes them from what
+# was saved: an agent from its checkpoint's config (`agents.load_agent`; eval-only runs take them over too), the
+# Vid2Act teacher from `sizes` in its meta, the video model's files from meta.json.
+WORLD_MODEL_KEYS = ('dyn_stoch', 'dyn_deter', 'dyn_hidden', 'dyn_cell', 'dyn_min_std', 'cnn_depth', 'units',
+                    'reward_layers')
+VIDEO_MODEL_KEYS = WORLD_MODEL_KEYS + ('z_dim', 'pretrain_action_num')
+ARCHITECTURE_KEYS = ('method_name', 'beta_vae', 'release_compat') + VIDEO_MODEL_KEYS + (
+    'value_layers', 'actor_layers', 'actor_min_std', 'source_action_num', 'action_num_gap',   # behaviour, DV2 Finetune
+    'queue_size', 'queue_dim', 'intr_k', 'intr_seq_length',                                 # APV's bonus
+    'source_tasks', 'teacher_checkpoint_path', 'action_pad', 'vid2act_vae_hidden', 'vid2act_vae_bottleneck')  # Vid2Act
+
+
 def method_spec(config) -> MethodSpec:
-    if config.beta_vae_pretrain:
+    if config.mode == 'video_pretrain':
         return METHOD_SPECS['pretrain']
     if config.method_name not in METHOD_SPECS:
         raise tools.ConfigError(f"Method '{config.method_name}' is not available in this build.")
@@ -54,7 +68,8 @@ def load_checkpoint_part(directory: str, name: str, module: nn.Module, config, a
     path = os.path.join(directory, f'{name}.pt')
     if not os.path.exists(path):
         raise tools.ConfigError(
-            f"Pretrained checkpoint '{path}' not found. Pretrain first (--beta_vae_pretrain True) and copy "
+            f"Pretrained checkpoint '{path}' not found. Pretrain first (--mode video_pretrain, or the release's "
+            f"--beta_vae_pretrain True) and copy "
             f"encoder.pt/decoder.pt/rssm.pt/meta.json into --pretrain_checkpoint_path (now '{directory}').")
     meta_path = os.path.join(directory, 'meta.json')
     meta = {}
@@ -552,16 +567,8 @@ class Agent(nn.Module):
         return ImagBehavior(config, self.wm.rssm.feat_size, action_size)
 
     def to_torch(self, batch: dict) -> dict:
-        """numpy batch -> device tensors; images stay uint8 until the model normalises them on the device."""
-        device = self.config.device
-        out = {}
-        for key in ('image', 'action', 'reward', 'is_first'):
-            if key in batch:
-                tensor = torch.as_tensor(batch[key])
-                if device != 'cpu' and tensor.device.type == 'cpu':
-                    tensor = tensor.pin_memory().to(device, non_blocking=True)
-                out[key] = tensor if key == 'image' else tensor.to(device).float()
-        return out
+        """A replay batch (numpy) -> the device tensors an update reads."""
+        return tools.to_device(batch, self.config.device, keys=('image', 'action', 'reward', 'is_first'))
 
     def reward_fn(self, feats: torch.Tensor) -> torch.Tensor:
         """Imagined features (H+1, N, F) -> rewards of the first H states (H, N) (the last one's is never used).
@@ -690,130 +697,3 @@ def video_model_update(wm: WorldModel, opt: tools.Optimizer, data: dict, step: i
         loss, _, metrics = wm.loss(data, step)
     metrics['model_grad_norm'] = opt.step(loss)
     return metrics
-
-
-def make_agent(config, action_size: int, step: int = 0) -> Agent:
-    """The one place where the method picks its agent class (Vid2Act extends the DreamerV2 agent)."""
-    spec = METHOD_SPECS.get(config.method_name)
-    if spec is not None and spec.own_teacher and not config.beta_vae_pretrain:
-        import vid2act
-        return vid2act.Vid2ActAgent(config, action_size, step)
-    return Agent(config, action_size, step)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------------------------
-def read_checkpoint(path: str, device='cpu') -> dict:
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:
-        raise tools.ConfigError(f"Checkpoint '{path}' is unreadable ({type(e).__name__}: {str(e)[:200]}); delete it "
-                                f"to restart the run, or restore it from a --keep_checkpoints snapshot.") from None
-
-
-def load_checkpoint(path: str, agent, replay, state: dict | None = None) -> dict:
-    """Loads a checkpoint (or its already read `state`) into `agent` (and the replay's sampling RNG)."""
-    state = read_checkpoint(path, agent.config.device) if state is None else state
-    try:
-        agent.load_state_dict(state['agent'])
-    except RuntimeError as e:   # e.g. written by a code version whose APV bonus kept other buffers
-        details = ' '.join(str(e).split())[:300]
-        raise tools.ConfigError(f"Checkpoint '{path}' does not fit the agent this code builds ({details}): it was "
-                                f"written by another version of the code. Use that version to resume it, or a new "
-                                f"--logdir.") from None
-    agent.load_optimizer_state(state['optimizers'])
-    agent.updates = state['counters'].get('updates', 0)
-    tools.set_rng_state(state['rng'])
-    if replay is not None:
-        replay.rng.bit_generator.state = state['replay_rng']
-    return state['counters']
-
-
-def checkpoint_file(path: str) -> str:
-    """A run folder or a checkpoint file -> the checkpoint file (one message when there is none)."""
-    ckpt = os.path.join(path, 'checkpoint.pt') if os.path.isdir(path) else path
-    if not os.path.isfile(ckpt):
-        raise tools.ConfigError(f"Checkpoint '{ckpt}' not found: give a run folder holding checkpoint.pt or a "
-                                f"checkpoint file (dreamer.py writes <logdir>/checkpoint.pt at every evaluation and "
-                                f"at the end).")
-    return ckpt
-
-
-def checkpoint_action_size(agent_state: dict) -> int | None:
-    """Action size of a saved agent, read from its actor's output layer (mean and std per action)."""
-    weights = [k for k in agent_state if k.startswith('behavior.actor.') and k.endswith('.weight')]
-    if not weights:
-        return None
-    last = max(weights, key=lambda k: [int(p) if p.isdigit() else -1 for p in k.split('.')])
-    return int(agent_state[last].shape[0]) // 2
-
-
-def _update_known(base: dict, saved: dict, prefix: str = '') -> list[str]:
-    """Copies the saved run's values into the current defaults; returns the keys this code no longer knows."""
-    unknown = []
-    for key, value in saved.items():
-        if key not in base:
-            unknown.append(prefix + key)
-        elif isinstance(base[key], dict) and isinstance(value, dict):
-            unknown += _update_known(base[key], value, f'{prefix}{key}.')
-        else:
-            base[key] = value
-    return unknown
-
-
-def run_config(ckpt_path: str, state: dict) -> tools.Config:
-    """The run's resolved config: the copy stored in the checkpoint, else `config.yaml` next to it."""
-    saved = state.get('config') if isinstance(state.get('config'), dict) else None
-    yaml_path = os.path.join(os.path.dirname(ckpt_path), 'config.yaml')
-    if saved is None and os.path.exists(yaml_path):
-        from ruamel.yaml import YAML
-        with open(yaml_path) as f:
-            saved = YAML(typ='safe', pure=True).load(f)
-    if saved is None:
-        raise tools.ConfigError(f"No config stored in '{ckpt_path}' and no config.yaml next to it: copy the run's "
-                                f"config.yaml into {os.path.dirname(ckpt_path) or '.'}.")
-    if saved.get('beta_vae_pretrain') or saved.get('vid2act_pretrain'):
-        raise tools.ConfigError(f"'{ckpt_path}' belongs to a pretraining run (no policy): give the checkpoint.pt of "
-                                f"an online training run.")
-    base = tools.make_config(['--configs', 'defaults']).to_dict()
-    unknown = _update_known(base, saved)
-    if unknown:
-        print(f"Note: ignoring keys of the run's config unknown to this code: {', '.join(unknown[:8])}.")
-    return tools.Config(base)
-
-
-def load_agent(path: str, overrides: dict | None = None, state: dict | None = None):
-    """The one way to rebuild a trained agent: from a run folder or checkpoint file, with the architecture from the
-    config stored in the checkpoint (only run-time keys such as `device`, `precision`, `eval_state_mean` may be
-    overridden), the pretrained parts taken from the checkpoint itself, and every weight shape checked before
-    loading. Returns (agent in eval mode, its config, the checkpoint path)."""
-    ckpt_path = checkpoint_file(path)
-    state = read_checkpoint(ckpt_path) if state is None else state
-    if not isinstance(state, dict) or 'agent' not in state:
-        raise tools.ConfigError(f"'{ckpt_path}' is not a dreamer.py checkpoint (no 'agent' weights).")
-    config = run_config(ckpt_path, state)
-    for key, value in (overrides or {}).items():
-        setattr(config, key, value)
-    config = tools.finalize_config(config)
-    action_size = checkpoint_action_size(state['agent'])
-    spec = method_spec(config)
-    import tempfile
-    with tempfile.TemporaryDirectory() as parts_dir:
-        if spec.needs_checkpoint:   # the pretrained parts are inside the checkpoint: no pretraining folder needed
-            write_pretrained_parts(state['agent'], spec, parts_dir)
-            config.pretrain_checkpoint_path = parts_dir
-        agent = make_agent(config, action_size)
-    own = agent.state_dict()
-    weights = networks.fill_missing_gru_bias(state['agent'], agent)
-    problems = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}' for k, v in weights.items()
-                if k in own and own[k].shape != v.shape]
-    missing, extra = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    if problems or missing or extra:
-        details = '; '.join(problems[:3] + ([f'missing {missing[:3]}'] if missing else []) +
-                            ([f'unexpected {extra[:3]}'] if extra else []))
-        raise tools.ConfigError(f"'{ckpt_path}' does not fit the agent built from its run's config ({details}): "
-                                f"it was written by another version of the code.")
-    load_checkpoint(ckpt_path, agent, None, state)
-    agent.eval()
-    return agent, config, ckpt_path

@@ -258,7 +258,8 @@ def load_video_dataset(path: str, scale: float = 1.0, seed: int = 0, min_length:
     Returns (episodes, report) with each episode a dict holding only `image`.
     """
     if not path:
-        raise tools.ConfigError('--pretrain_datasets_path is required for --beta_vae_pretrain True '
+        raise tools.ConfigError('--pretrain_datasets_path is required for --mode video_pretrain '
+                                '(--beta_vae_pretrain True) '
                                 '(a folder of .npz video episodes; see scripts/download_datasets.py).')
     if not os.path.isdir(path):
         raise tools.ConfigError(f"Video dataset folder '{path}' does not exist: check --pretrain_datasets_path.")

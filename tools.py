@@ -20,7 +20,7 @@ import torch
 from torch import distributions as td
 
 # The methods and the release's flags that select one (aliases, so the authors' README commands run unchanged).
-from methods import METHOD_ALIASES, METHODS
+from methods import METHOD_ALIASES, METHODS, MODE_ALIASES, mode_of
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -206,6 +206,25 @@ def _is_number(text):
         return False
 
 
+# Keys renamed since runs were written (old -> new). The old name stays accepted on the command line (`pretrain` is
+# also DreamerV2's and the release's name) and in saved configs (`upgrade_saved_config`).
+RENAMED_KEYS = {'pretrain': 'prefill_updates'}
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A saved config (a run's config.yaml, a checkpoint's copy) in this code's terms: renamed keys under their new
+    names, and `mode` resolved from the alias flags as `finalize_config` does."""
+    saved = dict(saved or {})
+    for old, new in RENAMED_KEYS.items():
+        if old in saved and new not in saved:
+            saved[new] = saved.pop(old)
+    try:
+        saved['mode'] = mode_of(saved)
+    except ValueError as e:
+        raise ConfigError(f"A saved run config is inconsistent: {e}") from None
+    return saved
+
+
 def make_config(argv: list[str], presets_path: str | None = None) -> Config:
     """Resolves presets and CLI overrides into one config (strict: unknown names are errors)."""
     presets = load_presets(presets_path)
@@ -223,6 +242,7 @@ def make_config(argv: list[str], presets_path: str | None = None) -> Config:
             raise ConfigError(f"Unknown preset '{name}'.{_close(name, presets)} Presets: {', '.join(presets)}.")
         _merge(config, presets[name], name)
     for key, values in pairs:
+        key = RENAMED_KEYS.get(key, key)
         parts = key.split('.')
         node = config
         for depth, part in enumerate(parts):
@@ -251,6 +271,13 @@ def finalize_config(config: Config) -> Config:
             config[key] = int(float(config[key]))
     if config.device in (None, 'auto'):
         config.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        config.mode = mode_of(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for flag, mode in MODE_ALIASES.items():      # the alias flags follow the mode, so a saved config is consistent
+        if flag in config:
+            config[flag] = config.mode == mode
     method = config.method_name
     for flag, name in METHOD_ALIASES.items():
         if config.get(flag):
@@ -272,7 +299,7 @@ def finalize_config(config: Config) -> Config:
     if config.get('release_compat') and config.get('imag_horizon') == 1:
         raise ConfigError('--imag_horizon must be >= 2 with --release_compat True (the release imagines '
                           'imag_horizon - 1 steps).')
-    if config.mode == 'train' and not (config.beta_vae_pretrain or config.vid2act_pretrain):
+    if config.mode == 'train':
         if config.steps // config.action_repeat <= config.prefill:
             print(f'Warning: --steps {config.steps} ({config.steps // config.action_repeat} agent steps) is not above '
                   f'--prefill {config.prefill} agent steps: the run collects random episodes and trains nothing.',
@@ -283,7 +310,7 @@ def finalize_config(config: Config) -> Config:
 # Counts and sizes with their smallest valid value (checked once, in finalize_config).
 POSITIVE_KEYS = {
     'steps': 1, 'eval_every': 1, 'log_every': 1, 'eval_episodes': 1, 'action_repeat': 1, 'envs': 1,
-    'time_limit': 1, 'train_every': 1, 'train_steps': 1, 'pretrain': 0, 'prefill': 0, 'dataset_size': 0,
+    'time_limit': 1, 'train_every': 1, 'train_steps': 1, 'prefill_updates': 0, 'prefill': 0, 'dataset_size': 0,
     'threads': 0, 'checkpoint_every': 1e-3, 'pretrain_steps': 1, 'pretrain_save_every': 1, 'imag_horizon': 1,
     'dyn_stoch': 1, 'dyn_deter': 1, 'dyn_hidden': 1, 'cnn_depth': 1, 'units': 1, 'z_dim': 1, 'model_lr': 0,
     'actor_lr': 0, 'value_lr': 0, 'grad_clip': 0, 'eval_videos': 0, 'slow_target_update': 1,
@@ -330,6 +357,18 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4      # glibc mallopt parameters (malloc.h)
+
+
+def to_device(batch: dict, device, keys=None) -> dict:
+    """numpy batch -> tensors on `device` (pinned memory and a non-blocking copy to a GPU): `image` stays uint8 until
+    the model normalises it on the device, `label` stays int64, the rest becomes float32. `keys`: only these."""
+    out = {}
+    for key in batch if keys is None else [k for k in keys if k in batch]:
+        tensor = torch.as_tensor(batch[key])
+        if str(device) != 'cpu' and tensor.device.type == 'cpu':
+            tensor = tensor.pin_memory().to(device, non_blocking=True)
+        out[key] = tensor if key in ('image', 'label') else tensor.float()
+    return out
 
 
 def autocast(config):

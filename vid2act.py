@@ -2,11 +2,11 @@
 
 Two stages, both run through `dreamer.py`:
 
-1. `--vid2act_pretrain True`: `dreamer.pretrain_teacher` (the run loop; its parts are here) trains ONE
-   action-conditioned DreamerV2 world model conditioned on a one-hot source-task label (`LabelledWorldModel`: K label
-   planes on the encoder input, the label appended to the prior's input, decoder and reward head see it too) on one
-   offline dataset per source task
-   (`<offline_dir>/<task>/**/*.npz`, actions zero-padded to one common size). "Teacher k" is that network with label k.
+1. `--mode teacher_pretrain` (alias `--vid2act_pretrain True`): `dreamer.pretrain_teacher` (the run loop; its parts
+   are here) trains ONE action-conditioned DreamerV2 world model conditioned on a one-hot source-task label
+   (`LabelledWorldModel`: K label planes on the encoder input, the label appended to the prior's input, decoder and
+   reward head see it too) on one offline dataset per source task (`<offline_dir>/<task>/**/*.npz`, actions
+   zero-padded to one common size). "Teacher k" is that network with label k.
    Output: `<logdir>/teacher.pt` + `teacher_meta.json` (ordered source tasks, padded action size, sizes).
 2. `--method_name vid2act`: `Vid2ActAgent`, a fresh DreamerV2 student plus
    - the frozen teacher (encoder + RSSM; not a registered submodule, so it is in no optimizer, no `state_dict` and
@@ -45,9 +45,6 @@ TEACHER_FILE = 'teacher.pt'
 TEACHER_META = 'teacher_meta.json'
 TEACHER_STATE = 'teacher_state.pt'       # resumable pretraining state (model, optimizer, RNGs)
 TEACHER_FORMAT = 'vid2act_teacher/1'
-# Architecture of the teacher, recorded in its meta so that it always loads with the sizes it was trained with.
-TEACHER_SIZES = ('dyn_stoch', 'dyn_deter', 'dyn_hidden', 'dyn_cell', 'dyn_min_std', 'cnn_depth', 'units',
-                 'reward_layers')
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -223,17 +220,6 @@ class SourceData:
     def set_rng_states(self, states: list) -> None:
         for r, state in zip(self.replays, states):
             r.rng.bit_generator.state = state
-
-
-def to_device(batch: dict, device) -> dict:
-    """numpy batch -> tensors on `device`: images stay uint8, labels int64, the rest float32."""
-    out = {}
-    for key, value in batch.items():
-        tensor = torch.as_tensor(value)
-        if str(device) != 'cpu':
-            tensor = tensor.pin_memory().to(device, non_blocking=True)
-        out[key] = tensor if key in ('image', 'label') else tensor.float()
-    return out
 
 
 def task_shares(batch: int, tasks: int, update: int) -> list[int]:
@@ -517,7 +503,7 @@ class Vid2ActAgent(models.Agent):
         data = super().training_batch(batch)
         if self.distill.sources is not None:
             sources = batch['sources'] if 'sources' in batch else self.distill.sample_sources(*batch['image'].shape[:2])
-            data['sources'] = to_device(sources, self.config.device)
+            data['sources'] = tools.to_device(sources, self.config.device)
         return data
 
     @property
@@ -596,11 +582,11 @@ def load_teacher(config, target_action_size: int):
     path = config.teacher_checkpoint_path
     if not path:
         raise ConfigError('--method_name vid2act needs --teacher_checkpoint_path: the folder of a teacher pretraining '
-                          'run (--vid2act_pretrain True), or its teacher.pt.')
+                          'run (--mode teacher_pretrain), or its teacher.pt.')
     ckpt_path, _ = teacher_files(path)
     if not os.path.isfile(ckpt_path):
         raise ConfigError(f"Teacher checkpoint '{ckpt_path}' not found: pretrain it first with --method_name vid2act "
-                          f"--vid2act_pretrain True --source_tasks ... --offline_dir ... --logdir DIR, then pass "
+                          f"--mode teacher_pretrain --source_tasks ... --offline_dir ... --logdir DIR, then pass "
                           f"--teacher_checkpoint_path DIR.")
     try:
         state = torch.load(ckpt_path, map_location='cpu', weights_only=True)

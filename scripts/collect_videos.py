@@ -116,20 +116,20 @@ def parse_args(argv: list[str]):
 # Trained-agent policy
 # --------------------------------------------------------------------------------------------------------------------
 def load_agent_policy(path: str, config, action_size: int, sample_actions: bool):
-    """A trained agent as a policy (`models.load_agent`: architecture from the run's own config, shapes checked);
+    """A trained agent as a policy (`agents.load_agent`: architecture from the run's own config, shapes checked);
     returns (policy, run config, checkpoint path)."""
-    import models
+    import agents
 
-    ckpt_path = models.checkpoint_file(path)
-    state = models.read_checkpoint(ckpt_path)
-    saved_actions = models.checkpoint_action_size(state.get('agent', {})) if isinstance(state, dict) else None
+    ckpt_path = agents.checkpoint_file(path)
+    state = agents.read_checkpoint(ckpt_path)
+    saved_actions = agents.checkpoint_action_size(state.get('agent', {})) if isinstance(state, dict) else None
     if saved_actions is not None and saved_actions != action_size:
         task = (state.get('config') or {}).get('task', 'unknown')
         raise ConfigError(
             f"The policy in '{ckpt_path}' (task {task}) has {saved_actions} actions but {config.task} has "
             f"{action_size}: collect with a checkpoint trained on {config.task} (or a task with {action_size} "
             f"actions), or with --policy random.")
-    agent, agent_config, ckpt_path = models.load_agent(ckpt_path, dict(device=config.device), state)
+    agent, agent_config, ckpt_path = agents.load_agent(ckpt_path, dict(device=config.device), state)
     del state
 
     def act(obs, agent_state, training):

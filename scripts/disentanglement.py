@@ -215,13 +215,13 @@ def load_encoder(path: str) -> dict:
             raise ConfigError(f"'{meta_path}' says z_dim {meta['z_dim']} but encoder.pt has {module.z_dim}.")
         return dict(module=module, kind=kind, source='pretrained video model', path=path,
                     note=f"{meta.get('updates', '?')} updates" if meta else '')
-    import models
+    import agents
 
     ckpt = os.path.join(path, 'checkpoint.pt') if os.path.isdir(path) else path
     if not os.path.isfile(ckpt):
         raise ConfigError(f"'{path}' is neither a pretraining folder (encoder.pt, meta.json) nor a run's "
                           f"checkpoint.pt (or a run folder holding one).")
-    state = models.read_checkpoint(ckpt)   # the encoder alone: no agent (and no task env) is needed to score it
+    state = agents.read_checkpoint(ckpt)   # the encoder alone: no agent (and no task env) is needed to score it
     if not isinstance(state, dict) or 'agent' not in state:
         raise ConfigError(f"'{ckpt}' is not a dreamer.py checkpoint (no 'agent' weights).")
     enc_state = _sub_state(state['agent'], 'wm.encoder.')

@@ -49,7 +49,7 @@ PROTOCOL = {
     'train_steps': '1',
     'action_repeat': '2',
     'prefill': '1000',
-    'pretrain': '100',
+    'prefill_updates': '100',
     'eval_every': '1e4',
     'eval_episodes': '10',
     'log_every': '2500',
@@ -193,6 +193,29 @@ def table(found: dict, reference: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+# What the training table shows per logged step (docs/learning.md, "Results"): the signs of learning and of the
+# failure modes the investigation looked for (bang-bang actor, stalled world model, collapsing values).
+TRAINING_COLUMNS = (('train_return', 'train return', '.1f'), ('eval_return_average', 'eval return', '.1f'),
+                    ('actor_entropy', 'actor entropy', '.3f'), ('actor_grad_norm', 'actor grad norm', '.3g'),
+                    ('imag_value', 'imagined value', '.2f'), ('image_loss', 'image loss', '.0f'),
+                    ('reward_loss', 'reward loss', '.3f'), ('kl_loss', 'KL loss', '.2f'), ('updates', 'updates', '.0f'))
+
+
+def training_table(root: str, tasks, seeds) -> str:
+    """Markdown: per run and logged step, the training metrics of TRAINING_COLUMNS ('–' where not logged)."""
+    names = [title for _, title, _ in TRAINING_COLUMNS]
+    lines = ['| task | seed | env steps | ' + ' | '.join(names) + ' |', '|---|---|---|' + '---|' * len(names)]
+    for task in tasks:
+        for seed in seeds:
+            rows, _ = rundata.read_metrics(os.path.join(run_dir(root, task, seed), 'metrics.jsonl'))
+            columns = [dict(zip(*rundata.series(rows, key))) for key, _, _ in TRAINING_COLUMNS]
+            for step in sorted(set().union(*columns)):
+                cells = ['–' if step not in c else format(c[step], fmt) for c, (_, _, fmt) in zip(columns,
+                                                                                                TRAINING_COLUMNS)]
+                lines.append(f'| {task} | {seed} | {step / 1000:g}k | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def plot(found: dict, reference: dict, path: str, max_step: int) -> None:
     """One panel per task: the published seeds' min-max band and mean, and this project's seeds."""
     import matplotlib
@@ -311,8 +334,10 @@ def report(args) -> int:
     write_text(table_path, text)
     png_path = os.path.join(args.out, 'learning_curves.png')
     plot(found, reference, png_path, args.steps)
+    training_path = os.path.join(args.out, 'learning_training.md')
+    write_text(training_path, training_table(args.root, args.tasks, args.seeds))
     print(text)
-    print(f'Table: {table_path}\nCurves: {png_path}')
+    print(f'Table: {table_path}\nTraining metrics: {training_path}\nCurves: {png_path}')
     return 0
 
 

@@ -12,6 +12,7 @@ import os
 import re
 
 import experiments as ex
+from methods import mode_of
 
 SEED_DIR = re.compile(r'^seed_(\d+)$')
 
@@ -126,6 +127,14 @@ def source_tasks(config: dict) -> list[str]:
     return [str(t).strip() for t in items if str(t).strip()]
 
 
+def _mode(config: dict) -> str:
+    """The run's mode from its config.yaml (also one written before `mode` named the pretraining stages)."""
+    try:
+        return mode_of(config)
+    except ValueError:
+        return str(config.get('mode'))
+
+
 def describe(run_dir: str) -> Run:
     """What the run in `run_dir` is, from its config.yaml, falling back to the folder layout."""
     config = read_config(run_dir)
@@ -137,14 +146,11 @@ def describe(run_dir: str) -> Run:
     layout_task = parts[-3] if seed_match and len(parts) >= 3 else None
 
     stages = {e.key for e in ex.EXPERIMENTS.values() if e.kind == 'teacher'}
-    if config.get('beta_vae_pretrain') or (not config and layout_task == 'pretrain'):
-        kind = 'pretrain'
-    elif config.get('vid2act_pretrain') or (not config and layout_task in stages):
-        kind = 'teacher'
-    elif config.get('mode') == 'eval':
-        kind = 'eval'
+    if config:
+        kinds = {'video_pretrain': 'pretrain', 'teacher_pretrain': 'teacher', 'eval': 'eval'}
+        kind = kinds.get(_mode(config), 'online')
     else:
-        kind = 'online'
+        kind = 'pretrain' if layout_task == 'pretrain' else 'teacher' if layout_task in stages else 'online'
     if kind in ('pretrain', 'teacher') and not config:
         layout_task = layout_method            # runs/pretrain/<source>/seed_<n>, runs/vid2act_teacher/<target>/seed_<n>
     name = config.get('task') or layout_task or os.path.basename(run_dir)

@@ -87,6 +87,10 @@ def test_table_and_plot_from_metrics_files(tmp_path):
     assert rows[('cartpole_balance', '60k')] == ['700.0, 500.0', '600.0', '483.6', '538.8', '683.1', 'inside']
     assert rows[('finger_spin', '60k')][1:] == ['100.0', '280.6', '324.0', '414.4', 'below']
     assert ('cheetah_run', '60k') not in rows
+    training = open(os.path.join(args.out, 'learning_training.md')).read().splitlines()
+    assert training[0].startswith('| task | seed | env steps | train return | eval return | actor entropy |')
+    assert training[2] == '| cartpole_balance | 0 | 10k | 100.0 | 150.0 | – | – | – | – | – | – | – |'
+    assert training[3].startswith('| cartpole_balance | 0 | 30k | – | 250.0 |') and len(training) == 2 + 3 + 2 + 1
     png = os.path.join(args.out, 'learning_curves.png')
     assert open(png, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
     assert learning.is_finished(os.path.join(root, 'cartpole_balance', 'seed_0'), 60_000)

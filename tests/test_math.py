@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import agents
 import models
 import networks
 import tools
@@ -255,7 +256,7 @@ def test_evaluation_samples_the_latent_unless_eval_state_mean(state_mean):
     config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu',
                                 '--eval_state_mean', str(state_mean)])
     torch.manual_seed(0)
-    agent = models.make_agent(config, 2)
+    agent = agents.make_agent(config, 2)
     obs = dict(image=np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8),
                is_first=np.ones(1, bool))
     runs = []

@@ -204,11 +204,11 @@ def test_batched_acting_loop_of_the_docstring_gives_the_sequential_episodes():
 
 
 def test_acting_loop_runs_with_the_real_agent():
-    import models
+    import agents
     import tools
     config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--task', TASK, '--time_limit', '8',
                                 '--device', 'cpu'])
-    agent = models.make_agent(config, 2)  # reacher: 2 actions
+    agent = agents.make_agent(config, 2)  # reacher: 2 actions
     finished = run_docstring_example(config, agent, n=2, steps=12)  # restarts both envs once (at batched step 4)
     assert len(finished) == 2 and all(len(rec) == 4 for rec in finished)
     assert all(np.abs(rec.episode()['action']).max() <= 1 for rec in finished)

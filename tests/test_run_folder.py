@@ -206,13 +206,13 @@ def test_help_lists_presets_and_every_key_with_its_comment():
 
 
 def test_corrupt_checkpoints_get_one_message(tmp_path):
-    import dreamer
+    import agents
     import models
     import torch
     bad = tmp_path / 'checkpoint.pt'
     bad.write_bytes(b'not a checkpoint')
     with pytest.raises(tools.ConfigError, match=r"Checkpoint '.*checkpoint.pt' is unreadable"):
-        dreamer.read_checkpoint(str(bad))
+        agents.read_checkpoint(str(bad))
     (tmp_path / 'encoder.pt').write_bytes(b'\x00' * 64)
     config = tools.make_config(['--configs', 'defaults', '--beta_vae', 'True'])
     with pytest.raises(tools.ConfigError, match=r"Pretrained checkpoint '.*encoder.pt' is unreadable"):
@@ -232,14 +232,13 @@ def test_checkpoint_of_another_code_version_gets_one_message(tmp_path):
     resume with one message naming the mismatch, not a traceback."""
     import torch
 
-    import dreamer
-    import models
+    import agents
     config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu'])
-    agent = models.make_agent(config, 2)
+    agent = agents.make_agent(config, 2)
     state = agent.state_dict()
     state['wm.old_buffer'] = torch.zeros(3)
     path = str(tmp_path / 'checkpoint.pt')
     torch.save(dict(agent=state, optimizers=agent.optimizer_state(), counters={}, rng=tools.rng_state()), path)
     with pytest.raises(tools.ConfigError, match=r"does not fit the agent this code builds .*wm.old_buffer.*another "
                                                 r"version of the code"):
-        dreamer.load_checkpoint(path, agent, None)
+        agents.load_checkpoint(path, agent, None)

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import agents
 import dreamer
 import models
 import replay as replay_lib
@@ -59,7 +60,7 @@ def test_every_scheduled_run_starts(tmp_path, monkeypatch):
         else:
             config = tools.make_config(argv)
             task = ex.find_task(flag(argv, '--task'))
-            agent = models.make_agent(config, task.action_size)
+            agent = agents.make_agent(config, task.action_size)
             metrics = agent.update(random_batch(2, 6, A=task.action_size), step=0)
             assert np.isfinite(float(metrics['model_loss'])), run.text
         started[run.kind] = started.get(run.kind, 0) + 1

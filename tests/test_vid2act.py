@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import agents
 import models
 import replay as replay_lib
 import tools
@@ -49,7 +50,7 @@ def config(tmp_path, *argv, task='dmc2gym_hopper_stand'):
 def make_teacher(tmp_path, tasks=tuple(SOURCES), action_size=6, seed=0):
     torch.manual_seed(seed)
     cfg = config(tmp_path)
-    sizes = {key: cfg[key] for key in vid2act.TEACHER_SIZES}
+    sizes = {key: cfg[key] for key in models.WORLD_MODEL_KEYS}
     teacher = vid2act.LabelledWorldModel(len(tasks), action_size, sizes)
     meta = dict(source_tasks=list(tasks), action_size=action_size, sizes=sizes,
                 source_action_sizes={t: SOURCES.get(t, 2) for t in tasks})
@@ -142,7 +143,7 @@ def test_cvae_sampling_clips_z_and_returns_the_bottleneck():
 # ---------------------------------------------------------------------------------------------------- the agent
 def test_gradients_reach_imp_distiller_and_cvae_never_the_teacher(setup):
     tmp_path, _ = setup
-    agent = models.make_agent(config(tmp_path), 4)
+    agent = agents.make_agent(config(tmp_path), 4)
     part = agent.distill
     teacher = part.teacher
     saved = torch.load(tmp_path / 'T' / 'teacher.pt')
@@ -192,7 +193,7 @@ def test_acting_keeps_one_state_per_teacher_reset_at_episode_start(setup):
     for compat in (False, True):
         torch.manual_seed(0)
         # means, not samples, in evaluation: the teacher states are compared with the deterministic filter
-        agent = models.make_agent(config(tmp_path, '--release_compat', str(compat), '--eval_state_mean', 'True'), 4)
+        agent = agents.make_agent(config(tmp_path, '--release_compat', str(compat), '--eval_state_mean', 'True'), 4)
         teacher = agent.distill.teacher
         state, actions = None, [np.zeros((B, 4), np.float32)]
         for i in range(steps):
@@ -218,19 +219,19 @@ def test_acting_keeps_one_state_per_teacher_reset_at_episode_start(setup):
 def test_teacher_checkpoint_mismatches_fail_clearly(setup):
     tmp_path, _ = setup
     with pytest.raises(ConfigError, match=r'has 2 teachers.*this run has 1'):
-        models.make_agent(config(tmp_path, '--source_tasks', 'finger_spin'), 4)
+        agents.make_agent(config(tmp_path, '--source_tasks', 'finger_spin'), 4)
     with pytest.raises(ConfigError, match=r'tasks finger_spin,cheetah_run.*--source_tasks cheetah_run,finger_spin'):
-        models.make_agent(config(tmp_path, '--source_tasks', 'cheetah_run,finger_spin'), 4)
+        agents.make_agent(config(tmp_path, '--source_tasks', 'cheetah_run,finger_spin'), 4)
     with pytest.raises(ConfigError, match=r'padded action size 6 but this run needs 8'):
-        models.make_agent(config(tmp_path, '--action_pad', '8'), 4)
+        agents.make_agent(config(tmp_path, '--action_pad', '8'), 4)
     with pytest.raises(ConfigError, match=r'padded action size 6 but this run needs 12'):
-        models.make_agent(config(tmp_path), 12)                       # a target with 12 actions (quadruped)
+        agents.make_agent(config(tmp_path), 12)                       # a target with 12 actions (quadruped)
     with pytest.raises(ConfigError, match='not found'):
-        models.make_agent(config(tmp_path, '--teacher_checkpoint_path', str(tmp_path / 'nowhere')), 4)
+        agents.make_agent(config(tmp_path, '--teacher_checkpoint_path', str(tmp_path / 'nowhere')), 4)
     with pytest.raises(ConfigError, match='No .npz episodes'):
-        models.make_agent(config(tmp_path, '--offline_dir', str(tmp_path / 'T')), 4)
+        agents.make_agent(config(tmp_path, '--offline_dir', str(tmp_path / 'T')), 4)
     with pytest.raises(ConfigError, match='--source_tasks'):
-        models.make_agent(config(tmp_path, '--source_tasks', ''), 4)
+        agents.make_agent(config(tmp_path, '--source_tasks', ''), 4)
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
@@ -278,7 +279,7 @@ def test_teacher_action_columns_no_source_fed_are_zeroed_on_load(setup):
     tmp_path, _ = setup
     torch.manual_seed(0)
     cfg = config(tmp_path)
-    sizes = {key: cfg[key] for key in vid2act.TEACHER_SIZES}
+    sizes = {key: cfg[key] for key in models.WORLD_MODEL_KEYS}
     saved = vid2act.LabelledWorldModel(2, 8, sizes)
     meta = dict(source_tasks=list(SOURCES), action_size=8, sizes=sizes, source_action_sizes=dict(SOURCES))
     vid2act.save_teacher(str(tmp_path / 'T8'), saved, meta)
