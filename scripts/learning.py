@@ -8,8 +8,9 @@ DreamerV2 curves; and the small-scale DisWM-vs-DreamerV2 comparison under the co
     python scripts/learning.py --experiment diswm                # the DisWM pipeline at small scale (below)
 
 Runs go to `<root>/<task>/seed_<n>` (one dreamer.py run folder each; rerunning the same command resumes an unfinished
-run and skips a finished one). The report is `<out>/learning_table.md` and `<out>/learning_curves.png` (out defaults
-to root). Published curves: `scripts/reference/dreamerv2_dmc_vision.json` (its `source` names where they come from).
+run and skips a finished one). The report is `<out>/learning_table.md` (eval returns against the published seeds),
+`<out>/learning_training.md` (training metrics per logged step) and `<out>/learning_curves.png` (out defaults to
+root). Published curves: `scripts/reference/dreamerv2_dmc_vision.json` (its `source` names where they come from).
 
 `--experiment diswm` runs the paper's pipeline with the same schedule, under `<root>/diswm/`: videos of finger_spin
 with the colour distractor collected by the finished finger_spin protocol run's checkpoint (`videos/`), a shortened

@@ -232,8 +232,8 @@ def eval_results_section(runs: list, root: str) -> str:
         mean, std = result.get('mean', math.nan), result.get('std', math.nan)
         rows.append([rel(run.path, root), ex.task_label(run.task), ex.method_label(run.method),
                      run.config.get('eval_distractor', ''), len(result.get('returns', [])), f'{mean:.1f} ± {std:.1f}',
-                     f"{100 * result['success_rate']:.0f}%" if str(result.get('task', '')).startswith('metaworld_')
-                     else '', result.get('checkpoint', '')])
+                     f"{100 * result['success_rate']:.0f}%" if 'success_rate' in result else '',   # DrawerWorld
+                     result.get('checkpoint', '')])
     if not rows:
         return ''
     return table(['Run', 'Task', 'Method', 'Distractor set', 'Episodes', 'Return (mean ± std)', 'Success',

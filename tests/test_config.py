@@ -77,6 +77,32 @@ def test_release_aliases_select_method(capsys):
         cfg('--method_name', 'diswn')
 
 
+def test_mode_picks_the_program_and_the_pretraining_flags_are_its_aliases():
+    assert cfg().mode == 'train'
+    video = cfg('--beta_vae_pretrain', 'True')                       # the release's flag
+    assert (video.mode, video.beta_vae_pretrain, video.vid2act_pretrain) == ('video_pretrain', True, False)
+    teacher = cfg('--mode', 'teacher_pretrain')
+    assert (teacher.mode, teacher.beta_vae_pretrain, teacher.vid2act_pretrain) == ('teacher_pretrain', False, True)
+    assert cfg('--vid2act_pretrain', 'True', '--mode', 'teacher_pretrain').mode == 'teacher_pretrain'
+    with pytest.raises(ConfigError, match="selects --mode video_pretrain but --mode is 'eval'"):
+        cfg('--mode', 'eval', '--beta_vae_pretrain', 'True')
+    with pytest.raises(ConfigError, match="selects --mode teacher_pretrain but --mode is 'video_pretrain'"):
+        cfg('--beta_vae_pretrain', 'True', '--vid2act_pretrain', 'True')
+    with pytest.raises(ConfigError, match="Unknown --mode 'pretrain'.*video_pretrain"):
+        cfg('--mode', 'pretrain')
+
+
+def test_renamed_keys_and_configs_saved_by_older_code():
+    assert cfg('--pretrain', '7').prefill_updates == 7                  # DreamerV2's name for it, still accepted
+    assert 'pretrain' not in cfg()
+    old = {'mode': 'train', 'beta_vae_pretrain': True, 'pretrain': 100, 'seed': 1}   # written before the rename
+    assert tools.upgrade_saved_config(old) == {'mode': 'video_pretrain', 'beta_vae_pretrain': True,
+                                               'prefill_updates': 100, 'seed': 1}
+    assert old['mode'] == 'train' and 'pretrain' in old                  # the caller's dict is left alone
+    saved = cfg('--beta_vae_pretrain', 'True').to_dict()                  # written by this code: unchanged
+    assert tools.upgrade_saved_config(saved) == saved
+
+
 def test_device_default():
     import torch
     assert cfg().device == ('cuda' if torch.cuda.is_available() else 'cpu')

@@ -242,3 +242,19 @@ def test_checkpoint_of_another_code_version_gets_one_message(tmp_path):
     with pytest.raises(tools.ConfigError, match=r"does not fit the agent this code builds .*wm.old_buffer.*another "
                                                 r"version of the code"):
         agents.load_checkpoint(path, agent, None)
+
+
+def test_run_written_before_the_mode_and_the_rename_still_resumes(tmp_path):
+    """A pretraining run's config.yaml from older code (`mode: train` + the alias flag, `pretrain` under its old name)
+    is the same run as today's command; a real change is still caught."""
+    import dreamer
+    argv = ['--configs', 'defaults', 'dmc2gym', '--beta_vae_pretrain', 'True', '--beta_vae', 'True', '--logdir',
+            str(tmp_path)]
+    old = tools.make_config(argv).to_dict()
+    old['mode'] = 'train'
+    old['pretrain'] = old.pop('prefill_updates')
+    tools.save_config(tools.Config(old), str(tmp_path / 'config.yaml'))
+    assert dreamer.run_changes(str(tmp_path), tools.make_config(argv)) == ([], {})
+    assert dreamer.run_changes(str(tmp_path), tools.make_config(argv + ['--mode', 'video_pretrain'])) == ([], {})
+    conflicts, _ = dreamer.run_changes(str(tmp_path), tools.make_config(argv + ['--prefill_updates', '3']))
+    assert conflicts == ["  --prefill_updates: the run has 100, this command 3"]
