@@ -1,6 +1,7 @@
 """Building agents: the one factory that picks each method's agent class, and the one way to rebuild a trained agent
-from a run folder or checkpoint (`load_agent`), used by eval-only runs, video collection and the disentanglement
-script. It sits above `models` and `vid2act` (both agent classes), so neither needs to import the other lazily.
+from a run folder or checkpoint (`load_agent`, used by eval-only runs and video collection; the disentanglement
+script reads only the encoder's weights with `read_checkpoint`). It sits above `models` and `vid2act` (both define
+agent classes), so neither needs to import the other.
 """
 from __future__ import annotations
 

@@ -90,3 +90,19 @@ def test_no_machine_paths_and_no_documents_outside_the_repository():
             if external.search(line) or machine.search(line):
                 hits.append(f'{path}:{number}: {line.strip()[:100]}')
     assert hits == []
+
+
+def test_same_numbers_compares_logged_values_but_not_clocks():
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    import same_numbers
+    rows = [{'step': 500, 'model_loss': 1.5, 'time_update': 3.0, 'fps': 9.0}, {'step': 1000, 'eval_return': 80.0}]
+    clocks_differ = [dict(rows[0], time_update=4.0, fps=2.0), rows[1]]
+    assert same_numbers.compare(rows, clocks_differ) == []
+    changed = [rows[0], {'step': 1000, 'eval_return': 80.5}]
+    assert same_numbers.compare(rows, changed) == ['step 1000: eval_return 80.0 vs 80.5']
+    assert same_numbers.compare(rows, rows[:1]) == ['2 rows vs 1']
+    cmds = same_numbers.commands('/out', '/videos')
+    assert list(cmds) == ['dv2', 'pre', 'diswm']
+    assert cmds['diswm'][cmds['diswm'].index('--pretrain_checkpoint_path') + 1] == os.path.join('/out', 'pre')
+    assert cmds['pre'][cmds['pre'].index('--pretrain_datasets_path') + 1] == '/videos'
