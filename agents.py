@@ -119,6 +119,7 @@ def load_agent(path: str, overrides: dict | None = None, state: dict | None = No
     if not isinstance(state, dict) or 'agent' not in state:
         raise tools.ConfigError(f"'{ckpt_path}' is not a dreamer.py checkpoint (no 'agent' weights).")
     config = run_config(ckpt_path, state)
+    config.mode = 'eval'                 # rebuilt to act: no training-only inputs (e.g. Vid2Act's source datasets)
     for key, value in (overrides or {}).items():
         setattr(config, key, value)
     config = tools.finalize_config(config)

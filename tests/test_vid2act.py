@@ -266,6 +266,10 @@ def test_pretraining_then_online_training(tmp_path):
     assert {'vid2act_distill_loss', 'vid2act_vae_loss', 'vid2act_weight/finger_spin', 'vid2act_weight/cheetah_run',
             'train_return', 'eval_return', 'actor_loss'} <= keys
     assert (logdir / 'checkpoint.pt').exists()
+    import shutil
+    shutil.rmtree(tmp_path / 'D')         # acting needs the teacher, not the source datasets (only updates sample them)
+    agent, agent_config, _ = agents.load_agent(str(logdir))
+    assert isinstance(agent, vid2act.Vid2ActAgent) and agent_config.mode == 'eval'
 
 
 def test_target_among_the_sources_is_refused(tmp_path):
