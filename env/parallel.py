@@ -246,7 +246,7 @@ class _WorkerSlot:
             self.process.join(1.0)
         if self.process.is_alive():  # e.g. a stopped process leaves SIGTERM pending; SIGKILL cannot be ignored
             self.process.kill()
-            self.process.join(1.0)
+            self.process.join(5.0)   # death is certain now; on a loaded machine its reaping can take a moment
         self.conn.close()
 
 
