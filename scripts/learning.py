@@ -2,7 +2,7 @@
 DreamerV2 curves; and the small-scale DisWM-vs-DreamerV2 comparison under the colour distractor.
 
     python scripts/learning.py                                   # 3 tasks x seed 0, 60k env steps each, then report
-    python scripts/learning.py --tasks cartpole_balance --seeds 0,1 --precision 32
+    python scripts/learning.py --tasks cartpole_balance --seeds 0,1 --precision auto
     python scripts/learning.py --report_only                     # table + PNG from the runs on disk
     python scripts/learning.py --dry_run                         # print the commands, run nothing
     python scripts/learning.py --experiment diswm                # the DisWM pipeline at small scale (below)
@@ -354,8 +354,10 @@ def parse_args(argv=None):
     parser.add_argument('--tasks', type=words, default=list(TASKS), help='DMC tasks without the dmc2gym_ prefix')
     parser.add_argument('--seeds', type=lambda t: [int(s) for s in words(t)], default=[0])
     parser.add_argument('--steps', type=int, default=60_000, help='env steps per run (default 60k)')
-    parser.add_argument('--precision', default='auto', choices=['auto', '32', 'bf16', '16'],
-                        help='auto: bf16 where the CPU has hardware bf16 (AVX-512 BF16 / AMX), else 32')
+    parser.add_argument('--precision', default='32', choices=['32', 'auto', 'bf16', '16'],
+                        help='32 (the protocol) | auto: bf16 where the CPU has hardware bf16 (AVX-512 BF16 / AMX), '
+                             'else 32 | bf16 | 16. bf16 is faster on such CPUs but not yet shown to learn as fp32 '
+                             '(docs/learning.md, "The protocol")')
     parser.add_argument('--threads', type=int, default=2, help='torch threads per run')
     parser.add_argument('--root', default='runs/learning', help='folder of the run folders')
     parser.add_argument('--out', default=None, help='folder for the table and PNG (default: --root)')
