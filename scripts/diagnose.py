@@ -1,0 +1,140 @@
+"""Diagnoses a trained agent on its own training episodes: how well the world model predicts rewards (on observed
+states and open-loop from recorded actions) and how the critic's values compare with the discounted returns that
+actually followed. The checks of docs/learning.md's investigation, for a run that learns slower than expected.
+
+    python scripts/diagnose.py runs/learning/cartpole_balance/seed_0               # its last 4 training episodes
+    python scripts/diagnose.py RUN --episodes 8 --window 200 --horizons 1,5,10,15,20,40
+
+Rewards are per agent step (the sum over `action_repeat` env steps), as the model sees them. The realized return at
+step t is sum_k discount^k r[t+k] up to the episode's end; it is compared with the critic only for steps whose
+remaining episode is long enough for the cut-off tail to be below 5 % of the return's scale.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+BINS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+
+
+def discounted_returns(reward: np.ndarray, discount: float) -> np.ndarray:
+    """G[t] = sum_{k >= 0} discount^k reward[t + k] up to the end of the array (no bootstrap)."""
+    out = np.zeros(len(reward), np.float64)
+    running = 0.0
+    for t in range(len(reward) - 1, -1, -1):
+        running = reward[t] + discount * running
+        out[t] = running
+    return out
+
+
+def binned(true: np.ndarray, pred: np.ndarray, edges=BINS) -> list[tuple[float, float, int, float, float]]:
+    """(low, high, count, mean true, mean predicted) per bin of the true value (the last bin includes its top)."""
+    rows = []
+    for i, (low, high) in enumerate(zip(edges[:-1], edges[1:])):
+        last = i == len(edges) - 2
+        mask = (true >= low) & ((true <= high) if last else (true < high))
+        if mask.any():
+            rows.append((low, high, int(mask.sum()), float(true[mask].mean()), float(pred[mask].mean())))
+    return rows
+
+
+def diagnose(agent, episodes: list[dict], window: int, horizons: list[int], context: int = 10) -> dict:
+    """Reward and value checks of `agent` (eval mode) on episodes (dicts of numpy arrays in the replay format)."""
+    import torch
+
+    wm, config = agent.wm, agent.config
+    true_r, pred_r, values, realized = [], [], [], []
+    open_err = {h: [] for h in horizons}
+    tail = int(np.ceil(np.log(0.05) / np.log(config.discount)))          # discount^tail <= 5 %
+    with torch.no_grad():
+        for ep in episodes:
+            length = len(ep['reward'])
+            returns = discounted_returns(ep['reward'].astype(np.float64), config.discount)
+            for start in range(0, length - window + 1, window):
+                data = {k: torch.as_tensor(ep[k][start:start + window][None]) for k in
+                        ('image', 'action', 'reward', 'is_first')}
+                data = {k: v if k == 'image' else v.float() for k, v in data.items()}
+                data['is_first'][0, 0] = 1.0      # each window starts from a fresh state
+                out = wm.observe(data, sample=False)
+                feat = wm.rssm.feat(out['post'])
+                # step 0 of a window has no information about the reward that led to it
+                true_r.append(ep['reward'][start + 1:start + window])
+                pred_r.append(wm.reward(feat)[0, 1:].numpy())
+                steps = np.arange(start + 1, start + window)
+                keep = steps + tail <= length
+                values.append(agent.behavior.critic(feat)[0, 1:].numpy()[keep])
+                realized.append(returns[steps[keep]])
+                if context + max(horizons) <= window:
+                    state = {k: v[:, context - 1] for k, v in out['post'].items()}
+                    for t in range(1, max(horizons) + 1):
+                        state = wm.rssm.img_step(state, wm.pad_action(data['action'][:, context - 1 + t]),
+                                                 sample=False)
+                        if t in open_err:
+                            pred = float(wm.reward(wm.rssm.feat(state))[0])
+                            open_err[t].append(abs(pred - float(ep['reward'][start + context - 1 + t])))
+    true_r, pred_r = np.concatenate(true_r), np.concatenate(pred_r)
+    values, realized = np.concatenate(values), np.concatenate(realized)
+    def corr(a, b):
+        return float(np.corrcoef(a, b)[0, 1]) if len(a) > 1 and a.std() > 0 and b.std() > 0 else float('nan')
+
+    return dict(steps=len(true_r), reward_mae=float(np.abs(true_r - pred_r).mean()), reward_corr=corr(true_r, pred_r),
+                reward_bins=binned(true_r, pred_r),
+                open_loop={h: float(np.mean(e)) for h, e in open_err.items() if e},
+                value_steps=len(values), value_mean=float(values.mean()) if len(values) else float('nan'),
+                return_mean=float(realized.mean()) if len(realized) else float('nan'),
+                value_corr=corr(realized, values))
+
+
+def report(result: dict) -> str:
+    lines = [f"reward head on observed states ({result['steps']} agent steps): mean abs error "
+             f"{result['reward_mae']:.3f}, correlation {result['reward_corr']:.3f}",
+             '  reward bin: steps, mean true -> mean predicted']
+    lines += [f'  [{low:g}, {high:g}): {n}, {t:.3f} -> {p:.3f}' for low, high, n, t, p in result['reward_bins']]
+    if result['open_loop']:
+        lines.append('open-loop reward error by steps ahead: ' +
+                     ', '.join(f'{h}: {e:.3f}' for h, e in result['open_loop'].items()))
+    lines.append(f"critic vs realized discounted return ({result['value_steps']} steps): mean value "
+                 f"{result['value_mean']:.2f}, mean return {result['return_mean']:.2f}, correlation "
+                 f"{result['value_corr']:.3f}")
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('run', help='a run folder (or its checkpoint.pt)')
+    parser.add_argument('--episodes', type=int, default=4, help='the last N training episodes')
+    parser.add_argument('--window', type=int, default=200, help='agent steps observed from a fresh state')
+    parser.add_argument('--horizons', default='1,5,10,15,20,40', help='open-loop steps ahead')
+    parser.add_argument('--threads', type=int, default=1)
+    args = parser.parse_args(argv)
+    import torch
+
+    import agents
+    from tools import ConfigError
+    torch.set_num_threads(args.threads)
+    try:
+        agent, config, ckpt = agents.load_agent(args.run, dict(device='cpu'))
+    except ConfigError as e:
+        print(f'Error: {e}', file=sys.stderr)
+        return 2
+    folder = os.path.join(os.path.dirname(ckpt), 'train_eps')
+    files = sorted(glob.glob(os.path.join(folder, '*.npz')))[-args.episodes:]
+    if not files:
+        print(f"Error: no training episodes in '{folder}'.", file=sys.stderr)
+        return 2
+    episodes = [dict(np.load(f)) for f in files]
+    window = min(args.window, min(len(ep['reward']) for ep in episodes))
+    horizons = [int(h) for h in args.horizons.split(',') if h]
+    print(f'{ckpt}: {len(files)} episodes, windows of {window} agent steps')
+    print(report(diagnose(agent, episodes, window, horizons)))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
