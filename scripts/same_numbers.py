@@ -60,22 +60,23 @@ def read_rows(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_videos(directory: str) -> None:
-    """Four 24-frame episodes of a white square moving on a plain background (seeded)."""
+def write_videos(directory: str, episodes: int = 4, length: int = 24) -> None:
+    """Tiny learnable videos (seeded): a white square moving across a plain background of a random colour. The tests'
+    pretraining data too (tests/test_methods.py)."""
     sys.path.insert(0, ROOT)
     import numpy as np
 
     import replay as replay_lib
     rng = np.random.default_rng(0)
-    for _ in range(4):
-        frames = np.zeros((24, 64, 64, 3), np.uint8)
+    for _ in range(episodes):
+        frames = np.zeros((length, 64, 64, 3), np.uint8)
         frames[:] = rng.integers(0, 255, 3)
         x, v = int(rng.integers(0, 48)), int(rng.choice([-2, 2]))
-        for t in range(24):
+        for t in range(length):
             frames[t, 20:36, x:x + 16] = 255
             x = int(np.clip(x + v, 0, 48))
-        replay_lib.save_episode(directory, dict(image=frames, is_terminal=np.zeros(24, bool),
-                                                logprob=np.zeros(24, np.float32)))
+        replay_lib.save_episode(str(directory), dict(image=frames, is_terminal=np.zeros(length, bool),
+                                                     logprob=np.zeros(length, np.float32)))
 
 
 def run_tree(tree: str, out: str, videos: str, runs) -> None:

@@ -10,7 +10,7 @@ import models
 import networks
 import replay as replay_lib
 import tools
-from helpers import random_batch, run_dreamer
+from helpers import load_script, random_batch, run_dreamer
 from tools import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,17 +215,8 @@ def test_checkpoint_shape_mismatch_names_both_sizes(tmp_path):
 
 
 def moving_square_dataset(directory, episodes=4, length=24):
-    """Tiny learnable videos: a coloured square moving across a plain background."""
-    rng = np.random.default_rng(0)
-    for e in range(episodes):
-        frames = np.zeros((length, 64, 64, 3), np.uint8)
-        frames[:] = rng.integers(0, 255, 3)
-        x, v = rng.integers(0, 48), rng.choice([-2, 2])
-        for t in range(length):
-            frames[t, 20:36, x:x + 16] = (255, 255, 255)
-            x = int(np.clip(x + v, 0, 48))
-        replay_lib.save_episode(str(directory), dict(image=frames, is_terminal=np.zeros(length, bool),
-                                                     logprob=np.zeros(length, np.float32)))
+    """Tiny learnable videos: a coloured square moving across a plain background (scripts/same_numbers.py's)."""
+    load_script('same_numbers').write_videos(directory, episodes, length)
 
 
 def test_pretraining_loss_goes_down(tmp_path):
