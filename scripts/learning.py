@@ -358,7 +358,12 @@ def parse_args(argv=None):
                         help='32 (the protocol) | auto: bf16 where the CPU has hardware bf16 (AVX-512 BF16 / AMX), '
                              'else 32 | bf16 | 16. bf16 is faster on such CPUs but not yet shown to learn as fp32 '
                              '(docs/learning.md, "The protocol")')
-    parser.add_argument('--threads', type=int, default=2, help='torch threads per run')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='runs at a time. 1: one after another, output on the console; more: output in '
+                             '<run>/stdout.log (on this 2-core machine 2 runs of 1 thread make ~10%% more updates per '
+                             'hour than 1 run of 2 threads, docs/benchmarks.md)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch threads per run (default: the CPU cores this process may use / --jobs)')
     parser.add_argument('--root', default='runs/learning', help='folder of the run folders')
     parser.add_argument('--out', default=None, help='folder for the table and PNG (default: --root)')
     parser.add_argument('--progress', default='True', choices=['True', 'False'], help="dreamer.py's progress bar")
@@ -369,6 +374,10 @@ def parse_args(argv=None):
     unknown = [t for t in args.tasks if t not in load_reference()]
     if unknown:
         parser.error(f'no published curves for {", ".join(unknown)}; known: {", ".join(load_reference())}')
+    if args.jobs < 1:
+        parser.error('--jobs must be >= 1')
+    if args.threads is None:
+        args.threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
     args.out = args.out or args.root
     if args.precision == 'auto':
         import tools
@@ -388,8 +397,8 @@ def run_stage(name: str, cmd: list[str], dry_run: bool) -> int:
 
 
 def run_stages(stages, dry_run: bool) -> int:
-    """Runs (label, done, command) in order, skipping those whose `done()` is true; stops at the first failure."""
-    for label, done, cmd in stages:
+    """Runs (label, done, command, ...) in order, skipping those whose `done()` is true; stops at the first failure."""
+    for label, done, cmd, *_ in stages:
         if not dry_run and done():
             print(f'{label}: done; skipped.')
             continue
@@ -397,6 +406,25 @@ def run_stages(stages, dry_run: bool) -> int:
         if rc != 0:
             return rc
     return 0
+
+
+def launch(stages, args) -> int:
+    """Runs (label, done, command, run folder, kind, needs) stages: with --jobs 1 one after another on the console
+    (run_stages); with more, `jobs` at a time through scripts/sweep.py's local launcher (each run's output in
+    <run>/stdout.log, one lock per run folder, pretraining before the runs that load it). Unfinished runs only."""
+    if args.jobs == 1 or args.dry_run:
+        return run_stages(stages, args.dry_run)
+    import sweep
+    todo = []
+    for label, done, cmd, folder, kind, needs in stages:
+        if done():
+            print(f'{label}: done; skipped.')
+        else:
+            todo.append(sweep.Run(folder, cmd, kind, needs=needs))
+    if not todo:
+        return 0
+    os.environ.setdefault('MUJOCO_GL', 'egl')
+    return 1 if sweep.launch_local(todo, args.jobs, sweep.gpu_ids()) else 0
 
 
 def main_diswm(args) -> int:
@@ -409,9 +437,16 @@ def main_diswm(args) -> int:
                       f'which has no checkpoint yet: run  python scripts/learning.py --tasks {DISWM_SOURCE} '
                       f'--seeds {seed} --root {args.root}  first.')
                 return 2
-            stages += [(f'{name} seed {seed}: {folder}', lambda n=name, f=folder: stage_done(n, f, args), cmd)
-                       for name, folder, cmd in diswm_stages(args, seed)]
-        rc = run_stages(stages, args.dry_run)
+            seed_stages = diswm_stages(args, seed)
+            pretrain = seed_stages[1][1]
+            stages += [(f'{name} seed {seed}: {folder}', lambda n=name, f=folder: stage_done(n, f, args), cmd, folder,
+                        name if name in ('videos', 'pretrain') else 'online', pretrain if name == 'diswm' else None)
+                       for name, folder, cmd in seed_stages]
+        # The videos (collected by a script, not a dreamer.py run) come first; the rest goes to the launcher.
+        videos = [stage for stage in stages if stage[4] == 'videos']
+        rc = run_stages(videos, args.dry_run)
+        if rc == 0:
+            rc = launch([stage for stage in stages if stage not in videos], args)
         if rc != 0 or args.dry_run:
             return rc
     return diswm_report(args)
@@ -423,9 +458,10 @@ def main(argv=None) -> int:
         return main_diswm(args)
     if not args.report_only:
         stages = [(f'{task} seed {seed}: {run_dir(args.root, task, seed)}',
-                   lambda f=run_dir(args.root, task, seed): is_finished(f, args.steps), build_command(task, seed, args))
+                   lambda f=run_dir(args.root, task, seed): is_finished(f, args.steps), build_command(task, seed, args),
+                   run_dir(args.root, task, seed), 'online', None)
                   for task in args.tasks for seed in args.seeds]
-        rc = run_stages(stages, args.dry_run)
+        rc = launch(stages, args)
         if rc != 0 or args.dry_run:
             return rc
     return report(args)

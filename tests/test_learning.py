@@ -2,6 +2,7 @@
 shipped published curves."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -146,3 +147,30 @@ def test_diswm_report_reads_distillation_terms(tmp_path):
     assert '| diswm | 0 | 10k | 120 | 50 | 2 | 0.1 |' in text
     assert '| dreamerv2 | 0 | 10k | 90 | – | – | – |' in text
     assert open(os.path.join(root, 'diswm_curves.png'), 'rb').read(4) == b'\x89PNG'
+
+
+def test_jobs_run_unfinished_runs_at_once_with_their_output_in_the_run_folder(tmp_path, capsys):
+    """--jobs 2: the unfinished runs start together (each writes its start time, then waits until both started or
+    5 s pass), their output lands in <run>/stdout.log, finished runs are skipped, a failure is reported."""
+    assert learning.parse_args(['--jobs', '2', '--threads', '3']).threads == 3
+    cores = len(os.sched_getaffinity(0))
+    assert learning.parse_args(['--jobs', '2']).threads == max(1, cores // 2)
+    assert learning.parse_args([]).threads == cores
+    with pytest.raises(SystemExit):
+        learning.parse_args(['--jobs', '0'])
+    args = learning.parse_args(['--jobs', '2', '--root', str(tmp_path)])
+    wait_for_both = (
+        "import glob, os, sys, time; d = sys.argv[1]; open(os.path.join(d, 'started'), 'w').close(); t = time.time()\n"
+        "while len(glob.glob(os.path.join(os.path.dirname(d), '*', 'started'))) < 2 and time.time() - t < 5:\n"
+        "    time.sleep(0.05)\n"
+        "print('both' if len(glob.glob(os.path.join(os.path.dirname(d), '*', 'started'))) == 2 else 'alone')\n"
+        "sys.exit(int(sys.argv[2]))")
+    folders = [str(tmp_path / name) for name in ('a', 'b', 'c')]
+    stages = [(f'run {i}', lambda i=i: i == 2, [sys.executable, '-c', wait_for_both, folder, str(code)], folder,
+               'online', None) for i, (folder, code) in enumerate(zip(folders, (0, 3, 0)))]
+    assert learning.launch(stages, args) == 1                          # run b exited 3
+    for folder in folders[:2]:
+        assert open(os.path.join(folder, 'stdout.log')).read().strip().endswith('both')
+    assert not os.path.exists(folders[2])                               # done: not started
+    out = capsys.readouterr().out
+    assert 'run 2: done; skipped.' in out and 'FAILED (exit 3)' in out
