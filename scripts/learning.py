@@ -21,8 +21,10 @@ terms `distill_loss`, `distill_eta`).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -142,6 +144,56 @@ def eval_curve(run: str) -> tuple[list[int], list[float]]:
 def is_finished(run: str, steps: int) -> bool:
     done, _ = eval_curve(run)
     return bool(done) and done[-1] >= steps
+
+
+EPISODE_NAME = re.compile(r'^(\d{8}T\d{12})-[0-9a-f]+-(\d+)\.npz$')   # replay.save_episode's names
+
+
+def run_status(run: str, steps: int) -> dict:
+    """Where a protocol run stands, from its folder: state (not started | running | stopped | done), env steps
+    collected (the training episodes on disk), the last evaluation and train return, and the wall time per 1000 env
+    steps over its last five episodes after the prefill (from the episodes' timestamps) with the time left at that pace."""
+    config = rundata.read_config(run)
+    if not config:
+        return dict(state='not started', env_steps=0)
+    repeat = int(config.get('action_repeat', 1))
+    episodes = []
+    for name in sorted(os.listdir(os.path.join(run, 'train_eps'))) if os.path.isdir(os.path.join(run, 'train_eps')) \
+            else []:
+        match = EPISODE_NAME.match(name)
+        if match:
+            stamp = datetime.datetime.strptime(match.group(1), '%Y%m%dT%H%M%S%f').timestamp()
+            episodes.append((stamp, int(match.group(2)) * repeat))
+    status = dict(env_steps=sum(n for _, n in episodes))
+    status['state'] = 'done' if is_finished(run, steps) else 'running' if rundata.in_use(run) else 'stopped'
+    eval_steps, eval_values = eval_curve(run)
+    if eval_steps:
+        status['eval'] = (eval_steps[-1], eval_values[-1])
+    rows, _ = rundata.read_metrics(os.path.join(run, 'metrics.jsonl'))
+    train_steps, train_values = rundata.series(rows, 'train_return')
+    if train_steps:
+        status['train'] = (train_steps[-1], train_values[-1])
+    # Episodes after the random prefill only (those are written back to back, without updates).
+    prefill_env_steps = int(float(config.get('prefill', 0))) * repeat
+    trained = [e for i, e in enumerate(episodes) if sum(n for _, n in episodes[:i]) >= prefill_env_steps]
+    last = trained[-6:]
+    paces = [(t1 - t0) / n1 * 1000 for (t0, _), (t1, n1) in zip(last, last[1:])]
+    if paces and status['state'] != 'done':
+        pace = sorted(paces)[len(paces) // 2]   # median: a resume gap or a pause does not set the pace
+        status['minutes_per_1k'] = pace / 60
+        status['hours_left'] = max(0, steps - status['env_steps']) / 1000 * pace / 3600
+    return status
+
+
+def print_status(runs: list[str], steps: int) -> None:
+    print(f"{'state':<12} {'env steps':>17}  {'last eval':>16}  {'last train':>16}  {'min/1k':>6}  {'left':>6}  run")
+    for run in runs:
+        st = run_status(run, steps)
+        at = lambda key: f'{st[key][1]:.1f} @{st[key][0] / 1000:g}k' if key in st else '-'  # noqa: E731
+        pace = f"{st['minutes_per_1k']:.1f}" if 'minutes_per_1k' in st else '-'
+        left = f"{st['hours_left']:.1f} h" if 'hours_left' in st else '-'
+        print(f"{st['state']:<12} {st['env_steps']:>8} / {steps:<7}  {at('eval'):>16}  {at('train'):>16}  {pace:>6}  "
+              f"{left:>6}  {run}")
 
 
 def load_reference(path: str = REFERENCE) -> dict:
@@ -369,6 +421,8 @@ def parse_args(argv=None):
     parser.add_argument('--progress', default='True', choices=['True', 'False'], help="dreamer.py's progress bar")
     parser.add_argument('--report_only', action='store_true', help='only write the table and PNG')
     parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
+    parser.add_argument('--status', action='store_true',
+                        help="print each run's state, env steps, last returns, pace and time left; run nothing")
     parser.add_argument('extra', nargs='*', help='further dreamer.py flags after --, e.g. -- --compile True')
     args = parser.parse_args(argv)
     unknown = [t for t in args.tasks if t not in load_reference()]
@@ -454,6 +508,14 @@ def main_diswm(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.status:
+        if args.experiment == 'diswm':
+            runs = [folder for seed in args.seeds for name, folder, _ in diswm_stages(args, seed)
+                    if name not in ('videos', 'pretrain')]
+        else:
+            runs = [run_dir(args.root, task, seed) for task in args.tasks for seed in args.seeds]
+        print_status(runs, args.steps)
+        return 0
     if args.experiment == 'diswm':
         return main_diswm(args)
     if not args.report_only:

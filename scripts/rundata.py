@@ -89,6 +89,23 @@ class Run:
         return max((int(r['step']) for r in self.rows), default=0)
 
 
+def in_use(run_dir: str, locks=('.run.lock', '.sweep.lock')) -> bool:
+    """Whether a live process holds one of the run folder's locks (dreamer.py's `.run.lock`, a sweep's
+    `.sweep.lock`): flock locks die with their process, so a crashed run never reads as running."""
+    import fcntl
+    for name in locks:
+        path = os.path.join(run_dir, name)
+        if not os.path.exists(path):
+            continue
+        with open(path, 'a') as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 def target_steps(config: dict, kind: str, steps: int | None = None, pretrain_steps: int | None = None):
     try:
         if kind in ('pretrain', 'teacher'):   # updates, as logged

@@ -291,13 +291,8 @@ def run_lock(logdir: str):
 
 
 def is_running(logdir: str) -> bool:
-    if not os.path.exists(os.path.join(logdir, '.sweep.lock')):
-        return False
-    try:
-        with run_lock(logdir):
-            return False
-    except AlreadyRunning:
-        return True
+    """A sweep or a dreamer.py process is training in `logdir` now."""
+    return rundata.in_use(logdir)
 
 
 class RunCommand:
@@ -625,7 +620,7 @@ def main(argv=None) -> int:
         todo = ready
     running = [r for r in todo if is_running(r.logdir)]
     if running:
-        print(f'Skipping {len(running)} runs that another sweep is running now, e.g. {running[0].logdir}.')
+        print(f'Skipping {len(running)} runs that another sweep or dreamer.py is running now, e.g. {running[0].logdir}.')
         todo = [r for r in todo if r not in running]
     if not todo:
         print('Nothing to do.')

@@ -557,8 +557,19 @@ def test_a_run_held_by_another_sweep_is_not_started_twice(tmp_path):
         result = subprocess.run([sys.executable, os.path.join(SCRIPTS, 'sweep.py'), 'fig4', '--tasks', 'walker_walk',
                                  '--methods', 'dreamerv2', '--seeds', '0', '--root', 'r', '--entry', stub(tmp_path)],
                                 capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 0 and 'Skipping 1 runs that another sweep is running now' in result.stdout
+    assert result.returncode == 0 and 'Skipping 1 runs that another sweep or dreamer.py is running now' in result.stdout
     assert not (logdir / 'stdout.log').exists()
+    assert not sweep.is_running(str(logdir))
+    # dreamer.py started by hand holds <logdir>/.run.lock: the run counts as running too, until that process ends
+    holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, sys, time; f = open(sys.argv[1], "a"); '
+                               'fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True); time.sleep(60)',
+                               str(logdir / '.run.lock')], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        assert sweep.is_running(str(logdir))
+    finally:
+        holder.kill()
+        holder.wait()
     assert not sweep.is_running(str(logdir))
 
 

@@ -1,5 +1,6 @@
 """scripts/learning.py: the protocol's dreamer.py commands, and the table and plot read from metrics files and the
 shipped published curves."""
+import datetime
 import json
 import os
 import sys
@@ -174,3 +175,43 @@ def test_jobs_run_unfinished_runs_at_once_with_their_output_in_the_run_folder(tm
     assert not os.path.exists(folders[2])                               # done: not started
     out = capsys.readouterr().out
     assert 'run 2: done; skipped.' in out and 'FAILED (exit 3)' in out
+
+
+def time_stamp(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds).strftime('%Y%m%dT%H%M%S%f')
+
+
+def test_status_reads_steps_returns_and_pace_from_the_run_folder(tmp_path, capsys):
+    """Env steps from the episodes on disk (names carry their length), the pace from their timestamps after the
+    prefill (5 episodes 10 minutes apart -> 10 min per 1000 env steps), the state from the run lock."""
+    import fcntl
+    import replay
+    root = str(tmp_path)
+    run = learning.run_dir(root, 'cartpole_balance', 0)
+    write_metrics(run, [{'step': 2500, 'train_return': 100.0}, {'step': 5000, 'train_return': 150.0},
+                        {'step': 5000, 'eval_return_average': 210.0}])
+    with open(os.path.join(run, 'config.yaml'), 'w') as f:
+        f.write('action_repeat: 2\nprefill: 1000\nsteps: 60000\n')
+    # 2 prefill episodes written a second apart, then 5 trained ones 10 minutes apart (500 agent steps each)
+    times = [0, 1] + [1 + 600 * k for k in range(1, 6)]
+    for t in times:
+        replay.save_episode(os.path.join(run, 'train_eps'), {'image': np.zeros((501, 1, 1, 1), np.uint8)})
+    names = sorted(os.listdir(os.path.join(run, 'train_eps')))
+    for name, t in zip(names, times):   # give them the timestamps wanted, keeping replay's name format
+        stamp = time_stamp(1_800_000_000 + t)
+        os.rename(os.path.join(run, 'train_eps', name), os.path.join(run, 'train_eps', f'{stamp}-{name.split("-", 1)[1]}'))
+    status = learning.run_status(run, 60_000)
+    assert status['state'] == 'stopped' and status['env_steps'] == 7 * 1000
+    assert status['eval'] == (5000, 210.0) and status['train'] == (5000, 150.0)
+    assert status['minutes_per_1k'] == pytest.approx(10.0, abs=1e-3)
+    assert status['hours_left'] == pytest.approx(53 * 10 / 60, abs=1e-3)
+    with open(os.path.join(run, '.run.lock'), 'a') as lock:    # dreamer.py holds it while training
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert learning.run_status(run, 60_000)['state'] == 'running'   # (a second open file: flock conflicts)
+    assert learning.run_status(run, 60_000)['state'] == 'stopped'
+    assert learning.run_status(learning.run_dir(root, 'finger_spin', 0), 60_000) == \
+        dict(state='not started', env_steps=0)
+    assert learning.main(['--status', '--root', root]) == 0
+    out = capsys.readouterr().out
+    assert 'stopped' in out and '7000 / 60000' in out and '210.0 @5k' in out and '10.0' in out and '8.8 h' in out
+    assert 'not started' in out
