@@ -473,6 +473,8 @@ def launch(stages, args) -> int:
     for label, done, cmd, folder, kind, needs in stages:
         if done():
             print(f'{label}: done; skipped.')
+        elif rundata.in_use(folder):
+            print(f'{label}: another process is training it now; skipped.')
         else:
             todo.append(sweep.Run(folder, cmd, kind, needs=needs))
     if not todo:

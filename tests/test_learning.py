@@ -3,6 +3,7 @@ shipped published curves."""
 import datetime
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -169,12 +170,25 @@ def test_jobs_run_unfinished_runs_at_once_with_their_output_in_the_run_folder(tm
     folders = [str(tmp_path / name) for name in ('a', 'b', 'c')]
     stages = [(f'run {i}', lambda i=i: i == 2, [sys.executable, '-c', wait_for_both, folder, str(code)], folder,
                'online', None) for i, (folder, code) in enumerate(zip(folders, (0, 3, 0)))]
-    assert learning.launch(stages, args) == 1                          # run b exited 3
+    busy = str(tmp_path / 'busy')                                       # a run another process trains now
+    os.makedirs(busy)
+    holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, sys, time; f = open(sys.argv[1], "a"); '
+                               'fcntl.flock(f, fcntl.LOCK_EX); print("locked", flush=True); time.sleep(60)',
+                               os.path.join(busy, '.run.lock')], stdout=subprocess.PIPE, text=True)
+    stages.append(('run busy', lambda: False, [sys.executable, '-c', 'raise SystemExit(5)'], busy, 'online', None))
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        assert learning.launch(stages, args) == 1                      # run b exited 3
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not os.path.exists(os.path.join(busy, 'stdout.log'))
     for folder in folders[:2]:
         assert open(os.path.join(folder, 'stdout.log')).read().strip().endswith('both')
     assert not os.path.exists(folders[2])                               # done: not started
     out = capsys.readouterr().out
     assert 'run 2: done; skipped.' in out and 'FAILED (exit 3)' in out
+    assert 'run busy: another process is training it now; skipped.' in out
 
 
 def time_stamp(seconds: float) -> str:
