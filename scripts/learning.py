@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import re
@@ -132,17 +133,18 @@ def stage_done(name: str, folder: str, args) -> bool:
     return is_finished(folder, args.steps)
 
 
-def eval_curve(run: str) -> tuple[list[int], list[float]]:
-    """(env steps, mean evaluation return) of one run folder, from its metrics.jsonl."""
-    rows, _ = rundata.read_metrics(os.path.join(run, 'metrics.jsonl'))
+def eval_curve(run: str, rows: list[dict] | None = None) -> tuple[list[int], list[float]]:
+    """(env steps, mean evaluation return) of one run folder, from its metrics.jsonl (or its rows, already read)."""
+    if rows is None:
+        rows, _ = rundata.read_metrics(os.path.join(run, 'metrics.jsonl'))
     steps, values = rundata.series(rows, 'eval_return_average')
     if not steps:
         steps, values = rundata.series(rows, 'eval_return')
     return steps, values
 
 
-def is_finished(run: str, steps: int) -> bool:
-    done, _ = eval_curve(run)
+def is_finished(run: str, steps: int, rows: list[dict] | None = None) -> bool:
+    done, _ = eval_curve(run, rows)
     return bool(done) and done[-1] >= steps
 
 
@@ -165,17 +167,18 @@ def run_status(run: str, steps: int) -> dict:
             stamp = datetime.datetime.strptime(match.group(1), '%Y%m%dT%H%M%S%f').timestamp()
             episodes.append((stamp, int(match.group(2)) * repeat))
     status = dict(env_steps=sum(n for _, n in episodes))
-    status['state'] = 'done' if is_finished(run, steps) else 'running' if rundata.in_use(run) else 'stopped'
-    eval_steps, eval_values = eval_curve(run)
+    rows, _ = rundata.read_metrics(os.path.join(run, 'metrics.jsonl'))
+    eval_steps, eval_values = eval_curve(run, rows)
+    status['state'] = 'done' if is_finished(run, steps, rows) else 'running' if rundata.in_use(run) else 'stopped'
     if eval_steps:
         status['eval'] = (eval_steps[-1], eval_values[-1])
-    rows, _ = rundata.read_metrics(os.path.join(run, 'metrics.jsonl'))
     train_steps, train_values = rundata.series(rows, 'train_return')
     if train_steps:
         status['train'] = (train_steps[-1], train_values[-1])
     # Episodes after the random prefill only (those are written back to back, without updates).
     prefill_env_steps = int(float(config.get('prefill', 0))) * repeat
-    trained = [e for i, e in enumerate(episodes) if sum(n for _, n in episodes[:i]) >= prefill_env_steps]
+    before = itertools.accumulate((n for _, n in episodes), initial=0)   # env steps collected before each episode
+    trained = [e for e, done in zip(episodes, before) if done >= prefill_env_steps]
     last = trained[-6:]
     paces = [(t1 - t0) / n1 * 1000 for (t0, _), (t1, n1) in zip(last, last[1:])]
     if paces and status['state'] != 'done':
