@@ -45,8 +45,8 @@ def read_config(run_dir: str) -> dict:
     path = os.path.join(run_dir, 'config.yaml')
     if not os.path.exists(path):
         return {}
+    from ruamel.yaml import YAML   # outside the try: a missing package is an error, not a "not started" run
     try:
-        from ruamel.yaml import YAML
         with open(path) as f:
             config = YAML(typ='safe', pure=True).load(f)
         return config if isinstance(config, dict) else {}
