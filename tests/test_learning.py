@@ -229,3 +229,17 @@ def test_status_reads_steps_returns_and_pace_from_the_run_folder(tmp_path, capsy
     out = capsys.readouterr().out
     assert 'stopped' in out and '7000 / 60000' in out and '210.0 @5k' in out and '10.0' in out and '8.8 h' in out
     assert 'not started' in out
+
+
+def test_status_without_the_yaml_package_is_an_error_not_a_fresh_run(tmp_path, monkeypatch):
+    """A run folder's config.yaml is read with ruamel.yaml: without the package (scripts run outside the project's
+    environment) the status must fail with the missing module, not report a started run as 'not started'."""
+    rundata = load_script('rundata')
+    (tmp_path / 'config.yaml').write_text('task: dmc2gym_cartpole_balance\naction_repeat: 2\n')
+    assert rundata.read_config(str(tmp_path))['action_repeat'] == 2
+    monkeypatch.setitem(sys.modules, 'ruamel', None)      # `import ruamel...` now raises ImportError
+    monkeypatch.setitem(sys.modules, 'ruamel.yaml', None)
+    with pytest.raises(ImportError):
+        rundata.read_config(str(tmp_path))
+    (tmp_path / 'config.yaml').unlink()
+    assert rundata.read_config(str(tmp_path)) == {}      # no config.yaml: not started, with or without the package
