@@ -45,7 +45,12 @@ def read_config(run_dir: str) -> dict:
     path = os.path.join(run_dir, 'config.yaml')
     if not os.path.exists(path):
         return {}
-    from ruamel.yaml import YAML   # outside the try: a missing package is an error, not a "not started" run
+    try:   # a missing package is an error, not a run reported as "not started"
+        from ruamel.yaml import YAML
+    except ImportError:
+        raise ModuleNotFoundError("Reading a run's config.yaml needs ruamel.yaml (in requirements.txt): run the "
+                                  "scripts in the project's environment (`source scripts/setup_env.sh`) or "
+                                  "`pip install -r requirements.txt`.") from None
     try:
         with open(path) as f:
             config = YAML(typ='safe', pure=True).load(f)

@@ -239,7 +239,7 @@ def test_status_without_the_yaml_package_is_an_error_not_a_fresh_run(tmp_path, m
     assert rundata.read_config(str(tmp_path))['action_repeat'] == 2
     monkeypatch.setitem(sys.modules, 'ruamel', None)      # `import ruamel...` now raises ImportError
     monkeypatch.setitem(sys.modules, 'ruamel.yaml', None)
-    with pytest.raises(ImportError):
+    with pytest.raises(ImportError, match='requirements.txt'):
         rundata.read_config(str(tmp_path))
     (tmp_path / 'config.yaml').unlink()
     assert rundata.read_config(str(tmp_path)) == {}      # no config.yaml: not started, with or without the package
