@@ -170,9 +170,7 @@ def configure_torch(config) -> None:
         print('Warning: --precision bf16 on a CPU without hardware bf16 (no AVX-512 BF16 / AMX): oneDNN emulates it '
               'and updates run ~15x slower than fp32 (docs/benchmarks.md). Use --precision 32 on this machine.',
               file=sys.stderr)
-    if str(config.device).startswith('cuda') and config.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    tools.set_tf32(config.device, config.tf32)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -385,6 +385,15 @@ def check_device(config) -> None:
         raise ConfigError(f"--device {config.device} requested but CUDA is not available: use --device cpu.")
 
 
+def set_tf32(device, enabled: bool) -> None:
+    """`--tf32`: on a CUDA device, TF32 (10-bit mantissa) in matmuls and cuDNN convolutions when enabled, full fp32 in
+    both when not (PyTorch's own default is TF32 convolutions with fp32 matmuls, so False must set cuDNN's flag too).
+    No effect on a CPU."""
+    if str(device).startswith('cuda'):
+        torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+        torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (x86 AVX-512 BF16 or AMX; read from /proc/cpuinfo on Linux).
     Without it oneDNN emulates bf16 and a CPU update is ~15x slower than fp32 (docs/benchmarks.md)."""
@@ -807,8 +816,14 @@ class Logger:
     def write(self, step: int, echo: bool = True) -> dict:
         row = {'step': int(step)}
         for name, values in self._scalars.items():
-            vals = [float(v.detach().float().mean().cpu()) if torch.is_tensor(v) else float(v) for v in values]
-            row[name] = float(np.mean(vals))
+            vals = np.array([float(v.detach().float().mean().cpu()) if torch.is_tensor(v) else float(v)
+                             for v in values])
+            finite = np.isfinite(vals)
+            # A non-finite value (e.g. the gradient norm of a step the fp16 grad scaler skipped) would make the
+            # window's mean inf: average the finite ones and count the others in `<name>_nonfinite`.
+            row[name] = float(vals[finite].mean() if finite.any() else vals.mean())
+            if not finite.all():
+                row[name + '_nonfinite'] = int((~finite).sum())
         self._scalars.clear()
         if len(row) > 1:
             with open(os.path.join(self.logdir, 'metrics.jsonl'), 'a') as f:

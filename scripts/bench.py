@@ -65,8 +65,8 @@ def child(args) -> dict:
     B, L = args.batch[0], args.length
     tmp = tempfile.mkdtemp()
     argv = ['--configs', 'defaults', 'dmc2gym', '--batch_size', str(B), '--batch_length', str(L), '--device',
-            args.device, '--precision', args.precision, '--compile', str(args.compile), '--logdir',
-            os.path.join(tmp, 'run'), '--seed', '0', '--malloc_cache', str(args.malloc_cache)]
+            args.device, '--precision', args.precision, '--compile', str(args.compile), '--tf32', str(args.tf32),
+            '--logdir', os.path.join(tmp, 'run'), '--seed', '0', '--malloc_cache', str(args.malloc_cache)]
     if args.mode == 'diswm':
         video = models.WorldModel(tools.make_config(argv + ['--beta_vae_pretrain', 'True', '--beta_vae', 'True']), 2,
                                   models.METHOD_SPECS['pretrain'])
@@ -75,6 +75,7 @@ def child(args) -> dict:
     elif args.mode == 'pretrain':
         argv += ['--beta_vae_pretrain', 'True', '--beta_vae', 'True']
     config = tools.make_config(argv)
+    tools.set_tf32(config.device, config.tf32)      # as dreamer.py does
     rng = np.random.default_rng(0)
     A = 6
 
@@ -147,7 +148,8 @@ def child(args) -> dict:
                 peak_mem_gb=peak, peak_kind='cuda_max_allocated' if cuda else 'process_max_rss',
                 gflop_per_update=flops / 1e9 if flops else None,
                 gflops=flops / 1e9 / median if flops else None,
-                device=args.device, precision=args.precision, compile=bool(args.compile), malloc_cache=malloc_cache,
+                device=args.device, precision=args.precision, compile=bool(args.compile), tf32=config.tf32,
+                malloc_cache=malloc_cache,
                 torch=torch.__version__, threads=torch.get_num_threads(), final_loss=losses[-1])
 
 
@@ -181,6 +183,8 @@ def main():
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--precision', default='32', choices=['32', 'bf16', '16'])
     parser.add_argument('--compile', default='False', choices=['True', 'False'])
+    parser.add_argument('--tf32', default='True', choices=['True', 'False'],
+                        help='CUDA: TF32 matmuls and convolutions, as the --tf32 training option (default True)')
     parser.add_argument('--malloc_cache', default='True', choices=['True', 'False'],
                         help="keep freed memory for reuse (the --malloc_cache training option; False: glibc's defaults)")
     parser.add_argument('--flops', default='True', choices=['True', 'False'],
@@ -228,7 +232,7 @@ def main():
             cmd = [sys.executable, os.path.abspath(__file__), '--_child', '--mode', mode, '--batch', str(batch),
                    '--length', str(args.length), '--warmup', str(args.warmup), '--repeats', str(args.repeats),
                    '--threads', str(args.threads), '--device', args.device, '--precision', args.precision,
-                   '--compile', str(args.compile), '--flops', str(args.flops),
+                   '--compile', str(args.compile), '--tf32', args.tf32, '--flops', str(args.flops),
                    '--malloc_cache', str(args.malloc_cache)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
@@ -265,7 +269,7 @@ def main():
         peak = next(r for r in results if r.get('kind') == 'matmul_peak')
         bf16 = f"{peak['bf16_gflops']:.0f} GFLOP/s" if peak['bf16_gflops'] is not None else 'not measured (fp32 run)'
         print(f"\nmatmul peak ({args.device}, {args.threads} threads): fp32 {peak['fp32_gflops']:.0f} GFLOP/s, "
-              f"bf16 {bf16}; precision {args.precision}, compile {args.compile}, "
+              f"bf16 {bf16}; precision {args.precision}, compile {args.compile}, tf32 {args.tf32} (CUDA only), "
               f"malloc_cache {args.malloc_cache}, "
               f"torch {updates[0]['torch']}")
     envs = [r for r in results if r.get('kind') == 'env']

@@ -78,3 +78,38 @@ def test_bf16_on_a_cpu_without_hardware_bf16_warns(monkeypatch, capsys):
     monkeypatch.setattr(tools, 'cpu_has_native_bf16', lambda: True)
     dreamer.configure_torch(config)
     assert 'without hardware bf16' not in capsys.readouterr().err
+
+
+def test_tf32_flag_sets_both_cuda_backends_and_leaves_cpu_alone():
+    """`--tf32 False` must mean full fp32 on a GPU: PyTorch's default already allows TF32 in cuDNN convolutions, so
+    the flag has to switch that off too, not only the matmul one. Setting the flags needs no GPU."""
+    import dreamer
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True   # PyTorch's defaults
+        for device, tf32, want in [('cuda', 'True', (True, True)), ('cuda:1', 'False', (False, False))]:
+            config = tools.make_config(['--configs', 'defaults', '--device', 'cpu', '--tf32', tf32, '--logdir', 'x'])
+            config.device = device      # make_config refuses cuda without a GPU; configure_torch only reads the name
+            dreamer.configure_torch(config)
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == want
+        tools.set_tf32('cpu', True)                                      # a CPU run leaves the flags as they are
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_logged_window_mean_skips_non_finite_values_and_counts_them(tmp_path):
+    """With --precision 16 the grad scaler skips overflowing steps, whose gradient norm is inf: the logged mean of a
+    window is that of the finite values, and `<name>_nonfinite` says how many were left out."""
+    import json
+    logger = tools.Logger(str(tmp_path), use_tensorboard=False)
+    logger.scalars({'model_grad_norm': torch.tensor(1.0), 'model_loss': 4.0})
+    logger.scalars({'model_grad_norm': torch.tensor(float('inf')), 'model_loss': 6.0})
+    logger.scalars({'model_grad_norm': torch.tensor(3.0), 'model_loss': 8.0})
+    row = logger.write(10, echo=False)
+    assert row == {'step': 10, 'model_grad_norm': 2.0, 'model_grad_norm_nonfinite': 1, 'model_loss': 6.0}
+    logger.scalar('critic_grad_norm', float('nan'))                 # nothing finite: the window reads nan
+    row = logger.write(20, echo=False)
+    assert np.isnan(row['critic_grad_norm']) and row['critic_grad_norm_nonfinite'] == 1
+    lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+    assert json.loads(lines[0]) == {'step': 10, 'model_grad_norm': 2.0, 'model_grad_norm_nonfinite': 1, 'model_loss': 6.0}
