@@ -3,6 +3,7 @@
     python scripts/bench.py --mode all --batch 16,50 --length 50            # the table of docs/benchmarks.md
     python scripts/bench.py --mode diswm --batch 16 --precision bf16         # one mode, bf16 autocast
     python scripts/bench.py --mode all --batch 16 --device cuda --compile True
+    python scripts/bench.py --mode dreamerv2 --batch 16 --device cuda --profile True  # kernels, GPU busy time
     python scripts/bench.py --envs 1,2 --replay                              # env throughput, replay sampler
 
 Each (mode, batch) measurement runs in a fresh subprocess so its peak memory is its own. Updates use random data of
@@ -141,7 +142,8 @@ def child(args) -> dict:
         with counter:
             update(prepare(data[0]))
         flops = counter.get_total_flops()
-    return dict(mode=args.mode, batch=B, length=L, s_per_update=median,
+    profiled = profile_update(lambda: update(prepare(data[0])), cuda) if args.profile else {}
+    return dict(**profiled, mode=args.mode, batch=B, length=L, s_per_update=median,
                 s_world_model=statistics.median(wm_times) if wm_times else median,
                 s_behavior=statistics.median(beh_times) if beh_times else 0.0,
                 updates_per_s=1 / median, min_s=min(times), max_s=max(times), repeats=args.repeats,
@@ -151,6 +153,27 @@ def child(args) -> dict:
                 device=args.device, precision=args.precision, compile=bool(args.compile), tf32=config.tf32,
                 malloc_cache=malloc_cache,
                 torch=torch.__version__, threads=torch.get_num_threads(), final_loss=losses[-1])
+
+
+def profile_update(run_update, cuda: bool) -> dict:
+    """Kernel count and device busy time of one update (torch.profiler's Chrome trace): on a GPU, how much of an
+    update's wall time the kernels fill; the rest is launch and host overhead. On a CPU: the number of aten ops."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        t = time.perf_counter()
+        run_update()
+        wall = time.perf_counter() - t
+    with tempfile.NamedTemporaryFile(suffix='.json') as f:
+        prof.export_chrome_trace(f.name)
+        with open(f.name) as g:
+            events = [e for e in json.load(g).get('traceEvents', []) if e.get('ph') == 'X']
+    kernels = [e for e in events if e.get('cat') == 'kernel']
+    out = dict(profiled_wall_s=wall, cpu_ops=sum(e.get('cat') == 'cpu_op' for e in events))
+    if cuda:
+        # kernels of one stream do not overlap here, so the summed durations are the time the GPU was busy
+        out.update(kernels=len(kernels), kernel_busy_s=sum(e.get('dur', 0) for e in kernels) / 1e6)
+    return out
 
 
 def bench_replay(repeats: int = 20) -> dict:
@@ -189,6 +212,8 @@ def main():
                         help="keep freed memory for reuse (the --malloc_cache training option; False: glibc's defaults)")
     parser.add_argument('--flops', default='True', choices=['True', 'False'],
                         help='count FLOPs of one update (torch.utils.flop_counter) for GFLOP/s')
+    parser.add_argument('--profile', default='False', choices=['True', 'False'],
+                        help='profile one more update: aten ops, and on a GPU the kernels and their busy time')
     parser.add_argument('--envs', default='', help='also measure env throughput with these worker counts, e.g. 1,2')
     parser.add_argument('--env_tasks', default='dmc2gym_cheetah_run,gymnasium_Pusher-v5,metaworld_drawer-open-v1')
     parser.add_argument('--env_steps', type=int, default=300)
@@ -199,6 +224,7 @@ def main():
     args.batch = [int(b) for b in args.batch.split(',') if b]
     args.compile = args.compile == 'True'
     args.flops = args.flops == 'True'
+    args.profile = args.profile == 'True'
     args.malloc_cache = args.malloc_cache == 'True'
     if args._child:
         print(json.dumps(child(args)))
@@ -233,6 +259,7 @@ def main():
                    '--length', str(args.length), '--warmup', str(args.warmup), '--repeats', str(args.repeats),
                    '--threads', str(args.threads), '--device', args.device, '--precision', args.precision,
                    '--compile', str(args.compile), '--tf32', args.tf32, '--flops', str(args.flops),
+                   '--profile', str(args.profile),
                    '--malloc_cache', str(args.malloc_cache)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
@@ -272,6 +299,12 @@ def main():
               f"bf16 {bf16}; precision {args.precision}, compile {args.compile}, tf32 {args.tf32} (CUDA only), "
               f"malloc_cache {args.malloc_cache}, "
               f"torch {updates[0]['torch']}")
+        for r in updates:
+            if 'cpu_ops' in r:
+                gpu = (f", {r['kernels']} kernels busy {r['kernel_busy_s']:.3f} s "
+                       f"({100 * r['kernel_busy_s'] / r['profiled_wall_s']:.0f} % of it)") if 'kernels' in r else ''
+                print(f"profile {r['mode']} {r['batch']} x {r['length']}: {r['cpu_ops']} aten ops in "
+                      f"{r['profiled_wall_s']:.3f} s (under the profiler){gpu}")
     envs = [r for r in results if r.get('kind') == 'env']
     if envs:
         print('\n| task | envs | agent steps/s |')
