@@ -410,8 +410,8 @@ def parse_args(argv=None):
     parser.add_argument('--seeds', type=lambda t: [int(s) for s in words(t)], default=[0])
     parser.add_argument('--steps', type=int, default=60_000, help='env steps per run (default 60k)')
     parser.add_argument('--precision', default='32', choices=['32', 'auto', 'bf16', '16'],
-                        help='32 (the protocol) | auto: bf16 where the CPU has hardware bf16 (AVX-512 BF16 / AMX), '
-                             'else 32 | bf16 | 16. bf16 is faster on such CPUs but not yet shown to learn as fp32 '
+                        help='32 (the protocol) | auto: bf16 for CPU runs where the CPU has hardware bf16 (AVX-512 BF16 / '
+                             'AMX), else 32 (also on GPUs, where bf16 is slower) | bf16 | 16. bf16 is faster on such CPUs but not yet shown to learn as fp32 '
                              '(docs/learning.md, "The protocol")')
     parser.add_argument('--jobs', type=int, default=1,
                         help='runs at a time. 1: one after another, output on the console; more: output in '
@@ -437,9 +437,19 @@ def parse_args(argv=None):
         args.threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
     args.out = args.out or args.root
     if args.precision == 'auto':
-        import tools
-        args.precision = 'bf16' if tools.cpu_has_native_bf16() else '32'
+        args.precision = auto_precision(args.extra)
     return args
+
+
+def auto_precision(extra: list[str]) -> str:
+    """`--precision auto`: bf16 for runs on a CPU with hardware bf16, else fp32. Runs on a GPU (dreamer.py's device
+    default when one is visible, or `-- --device cuda...`) get fp32: there an update is launch-bound and bf16 autocast
+    is slower than fp32 (docs/benchmarks.md, the H200 table)."""
+    import torch
+    import tools
+    device = extra[extra.index('--device') + 1] if '--device' in extra[:-1] else 'auto'
+    on_gpu = device.startswith('cuda') or (device == 'auto' and torch.cuda.is_available())
+    return 'bf16' if not on_gpu and tools.cpu_has_native_bf16() else '32'
 
 
 def run_stage(name: str, cmd: list[str], dry_run: bool) -> int:

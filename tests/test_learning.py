@@ -39,11 +39,22 @@ def test_protocol_command_resolves_to_the_official_schedule(tmp_path):
     assert learning.build_command('finger_spin', 3, args) == cmd  # the same command every time: reruns resume
 
 
+def test_auto_precision_is_bf16_only_for_cpu_runs_on_a_cpu_with_hardware_bf16(monkeypatch):
+    import torch
+    monkeypatch.setattr(tools, 'cpu_has_native_bf16', lambda: True)
+    for gpu_visible, extra, want in [(False, [], 'bf16'), (True, [], '32'), (True, ['--device', 'cpu'], 'bf16'),
+                                     (False, ['--device', 'cuda:1'], '32'), (True, ['--compile', 'True'], '32')]:
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda: gpu_visible)
+        assert learning.parse_args(['--precision', 'auto', '--', *extra]).precision == want, (gpu_visible, extra)
+    monkeypatch.setattr(tools, 'cpu_has_native_bf16', lambda: False)
+    assert learning.parse_args(['--precision', 'auto', '--', '--device', 'cpu']).precision == '32'
+
+
 def test_default_protocol_covers_three_tasks_at_60k():
     args = learning.parse_args([])
     assert args.tasks == ['cartpole_balance', 'finger_spin', 'cheetah_run'] and args.steps == 60_000
     assert args.seeds == [0] and args.precision == '32'           # bf16 is not the protocol until a pair shows it
-    auto = learning.parse_args(['--precision', 'auto']).precision
+    auto = learning.parse_args(['--precision', 'auto', '--', '--device', 'cpu']).precision
     assert auto == ('bf16' if tools.cpu_has_native_bf16() else '32')
     assert learning.parse_args(['--precision', 'bf16']).precision == 'bf16'
     with pytest.raises(SystemExit):
