@@ -254,3 +254,13 @@ def test_status_without_the_yaml_package_is_an_error_not_a_fresh_run(tmp_path, m
         rundata.read_config(str(tmp_path))
     (tmp_path / 'config.yaml').unlink()
     assert rundata.read_config(str(tmp_path)) == {}      # no config.yaml: not started, with or without the package
+
+
+def test_status_piped_into_head_ends_quietly(tmp_path):
+    """`learning.py --status | head -1`: a reader that left ends the command without a traceback."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts', 'learning.py')
+    proc = subprocess.Popen([sys.executable, script, '--status', '--root', str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()             # the reader is gone before the first line (the script takes ~1 s to import)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1 and 'Traceback' not in err and 'BrokenPipe' not in err, err
