@@ -410,9 +410,10 @@ def parse_args(argv=None):
     parser.add_argument('--seeds', type=lambda t: [int(s) for s in words(t)], default=[0])
     parser.add_argument('--steps', type=int, default=60_000, help='env steps per run (default 60k)')
     parser.add_argument('--precision', default='32', choices=['32', 'auto', 'bf16', '16'],
-                        help='32 (the protocol) | auto: bf16 for CPU runs where the CPU has hardware bf16 (AVX-512 BF16 / '
-                             'AMX), else 32 (also on GPUs, where bf16 is slower) | bf16 | 16. bf16 is faster on such CPUs but not yet shown to learn as fp32 '
-                             '(docs/learning.md, "The protocol")')
+                        help='32 (the protocol) | auto: bf16 for CPU runs where the CPU has hardware bf16 '
+                             '(AVX-512 BF16 / AMX), else 32 (also on GPUs, where bf16 is slower) | bf16 | 16. bf16 is '
+                             'faster on such CPUs but not yet shown to learn as fp32 (docs/learning.md, '
+                             '"The protocol")')
     parser.add_argument('--jobs', type=int, default=1,
                         help='runs at a time. 1: one after another, output on the console; more: output in '
                              '<run>/stdout.log (on this 2-core machine 2 runs of 1 thread make ~10%% more updates per '

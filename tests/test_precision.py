@@ -112,4 +112,5 @@ def test_logged_window_mean_skips_non_finite_values_and_counts_them(tmp_path):
     row = logger.write(20, echo=False)
     assert np.isnan(row['critic_grad_norm']) and row['critic_grad_norm_nonfinite'] == 1
     lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
-    assert json.loads(lines[0]) == {'step': 10, 'model_grad_norm': 2.0, 'model_grad_norm_nonfinite': 1, 'model_loss': 6.0}
+    assert json.loads(lines[0]) == {'step': 10, 'model_grad_norm': 2.0, 'model_grad_norm_nonfinite': 1,
+                                    'model_loss': 6.0}
