@@ -446,11 +446,9 @@ def auto_precision(extra: list[str]) -> str:
     """`--precision auto`: bf16 for runs on a CPU with hardware bf16, else fp32. Runs on a GPU (dreamer.py's device
     default when one is visible, or `-- --device cuda...`) get fp32: there an update is launch-bound and bf16 autocast
     is slower than fp32 (docs/benchmarks.md, the H200 table)."""
-    import torch
     import tools
-    device = extra[extra.index('--device') + 1] if '--device' in extra[:-1] else 'auto'
-    on_gpu = device.startswith('cuda') or (device == 'auto' and torch.cuda.is_available())
-    return 'bf16' if not on_gpu and tools.cpu_has_native_bf16() else '32'
+    device = tools.make_config(['--configs', 'defaults', 'dmc2gym', *extra, '--logdir', 'unused']).device
+    return 'bf16' if not str(device).startswith('cuda') and tools.cpu_has_native_bf16() else '32'
 
 
 def run_stage(name: str, cmd: list[str], dry_run: bool) -> int:
