@@ -4,6 +4,7 @@ DreamerV2 curves; and the small-scale DisWM-vs-DreamerV2 comparison under the co
     python scripts/learning.py                                   # 3 tasks x seed 0, 60k env steps each, then report
     python scripts/learning.py --tasks cartpole_balance --seeds 0,1 --precision auto
     python scripts/learning.py --report_only                     # table + PNG from the runs on disk
+    python scripts/learning.py --report_only --compare runs/learning_bf16   # the same runs made differently, side by side
     python scripts/learning.py --dry_run                         # print the commands, run nothing
     python scripts/learning.py --experiment diswm                # the DisWM pipeline at small scale (below)
 
@@ -304,6 +305,93 @@ def plot(found: dict, reference: dict, path: str, max_step: int) -> None:
     os.replace(tmp, path)
 
 
+def run_label(run: str) -> str:
+    """How a compared run is named in the tables: its precision as dreamer.py recorded it (fp32, bf16, fp16)."""
+    precision = str(rundata.read_config(run).get('precision', '?'))
+    return {'32': 'fp32', '16': 'fp16'}.get(precision, precision)
+
+
+def compare_runs(roots: list[str], tasks, seeds) -> list[tuple[str, int, list[tuple[str, dict]]]]:
+    """(task, seed, [(label, {env step: (eval mean, eval std)}) per root]) for every task and seed that has
+    evaluations under at least two of the roots. Labels are the runs' precisions, or their roots where those agree."""
+    found = []
+    for task in tasks:
+        for seed in seeds:
+            runs = []
+            for root in roots:
+                folder = run_dir(root, task, seed)
+                rows, _ = rundata.read_metrics(os.path.join(folder, 'metrics.jsonl'))
+                steps, means = eval_curve(folder, rows)
+                stds = dict(zip(*rundata.series(rows, 'eval_return_std')))
+                if steps:
+                    runs.append((run_label(folder), root, {s: (m, stds.get(s)) for s, m in zip(steps, means)}))
+            if len(runs) >= 2:
+                distinct = len({label for label, _, _ in runs}) == len(runs)
+                found.append((task, seed, [(label if distinct else root, curve) for label, root, curve in runs]))
+    return found
+
+
+def compare_table(found, reference: dict) -> str:
+    """Markdown: per task, seed and evaluation step, each compared run's eval return (mean ± std over its episodes),
+    the difference of the second from the first, and the published DreamerV2 seeds' spread (max - min) where published:
+    a difference inside that spread is within seed noise at that step."""
+    lines, current = [], None
+    for task, seed, runs in found:
+        labels = [label for label, _ in runs]
+        if labels != current:        # a new header wherever the compared runs are named differently
+            lines += ([''] if lines else []) + [_compare_header(labels), '|---|---|---|' + '---|' * (len(labels) + 3)]
+            current = labels
+        for step in sorted(set().union(*[curve for _, curve in runs])):
+            cells = []
+            for _, curve in runs:
+                mean, std = curve.get(step, (None, None))
+                cells.append('–' if mean is None else f'{mean:.1f}' + ('' if std is None else f' ± {std:.1f}'))
+            first, second = runs[0][1].get(step), runs[1][1].get(step)
+            diff = None if first is None or second is None else second[0] - first[0]
+            ref = reference_at(reference, task, step)
+            spread = None if ref is None else ref[2] - ref[0]
+            verdict = '–' if diff is None or spread is None else 'yes' if abs(diff) <= spread else 'no'
+            cells += ['–' if diff is None else f'{diff:+.1f}', '–' if spread is None else f'{spread:.1f}', verdict]
+            lines.append(f'| {task} | {seed} | {step / 1000:g}k | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def _compare_header(labels: list[str]) -> str:
+    return ('| task | seed | env steps | ' + ' | '.join(labels) + f' | {labels[1]} − {labels[0]} | '
+            'published spread (max − min) | within it |')
+
+
+def compare_plot(found, reference: dict, path: str, max_step: int) -> None:
+    """One panel per task and seed: the published band and each compared run's curve with its episodes' std."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.4), squeeze=False)
+    for ax, (task, seed, runs) in zip(axes[0], found):
+        curves = reference.get(task)
+        if curves:
+            xs = [x for x in curves['xs'] if x <= max_step]
+            cols = [[s[i] for s in curves['seeds'].values()] for i in range(len(xs))]
+            ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color='0.85',
+                            label='DreamerV2 published (min-max)')
+        for label, curve in runs:
+            steps = sorted(curve)
+            ax.errorbar(steps, [curve[s][0] for s in steps], yerr=[curve[s][1] or 0 for s in steps], marker='o',
+                        ms=3, capsize=2, label=f'{label}, seed {seed}')
+        ax.set_title(task)
+        ax.set_xlabel('environment steps')
+        ax.set_xlim(0, max_step)
+        ax.set_ylim(0, 1000)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc='upper left')
+    axes[0][0].set_ylabel('evaluation return')
+    fig.tight_layout()
+    tmp = path + '.tmp.png'
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def diswm_curves(args, seeds) -> dict:
     """{method: {seed: rows of metrics.jsonl}} of the DisWM experiment's online runs."""
     found = {}
@@ -394,6 +482,18 @@ def report(args) -> int:
     write_text(training_path, training_table(args.root, args.tasks, args.seeds))
     print(text)
     print(f'Table: {table_path}\nTraining metrics: {training_path}\nCurves: {png_path}')
+    if args.compare:
+        compared = compare_runs([args.root, args.compare], args.tasks, args.seeds)
+        if not compared:
+            print(f'--compare: no task and seed has evaluations under both {args.root} and {args.compare}.')
+            return 1
+        compare_path = os.path.join(args.out, 'compare_table.md')
+        text = compare_table(compared, reference)
+        write_text(compare_path, text)
+        compare_png = os.path.join(args.out, 'compare_curves.png')
+        compare_plot(compared, reference, compare_png, args.steps)
+        print(text)
+        print(f'Comparison: {compare_path}\nCurves: {compare_png}')
     return 0
 
 
@@ -424,6 +524,10 @@ def parse_args(argv=None):
     parser.add_argument('--out', default=None, help='folder for the table and PNG (default: --root)')
     parser.add_argument('--progress', default='True', choices=['True', 'False'], help="dreamer.py's progress bar")
     parser.add_argument('--report_only', action='store_true', help='only write the table and PNG')
+    parser.add_argument('--compare', default=None, metavar='ROOT',
+                        help='another results folder with the same tasks and seeds run differently (e.g. in bf16): '
+                             'the report also writes compare_table.md and compare_curves.png, the two runs side by '
+                             'side against the published seeds\' spread')
     parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
     parser.add_argument('--status', action='store_true',
                         help="print each run's state, env steps, last returns, pace and time left; run nothing")

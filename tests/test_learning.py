@@ -113,6 +113,33 @@ def test_table_and_plot_from_metrics_files(tmp_path):
     assert not learning.is_finished(os.path.join(root, 'finger_spin', 'seed_1'), 60_000)
 
 
+def test_compare_puts_the_same_runs_of_two_roots_side_by_side(tmp_path, capsys):
+    """--compare: per task, seed and evaluation, both runs' returns (mean ± episode std), their difference and the
+    published seeds' spread; runs named by their precision; seeds with one side only are left out."""
+    fp32, bf16 = str(tmp_path / 'fp32'), str(tmp_path / 'bf16')
+    for root, precision, returns in ((fp32, "'32'", (300.0, 420.0, 600.0)), (bf16, 'bf16', (None, 400.0, 350.0))):
+        folder = os.path.join(root, 'cartpole_balance', 'seed_0')
+        rows = [{'step': s, 'eval_return_average': r, 'eval_return_std': r / 10}
+                for s, r in zip((10_000, 30_000, 60_000), returns) if r is not None]
+        write_metrics(folder, rows)
+        with open(os.path.join(folder, 'config.yaml'), 'w') as f:
+            f.write(f'precision: {precision}\nseed: 0\n')
+    write_metrics(os.path.join(fp32, 'finger_spin', 'seed_0'), [{'step': 30_000, 'eval_return_average': 9.0}])
+    out = str(tmp_path / 'out')
+    assert learning.main(['--root', fp32, '--compare', bf16, '--report_only', '--out', out]) == 0
+    lines = open(os.path.join(out, 'compare_table.md')).read().splitlines()
+    assert lines[0] == ('| task | seed | env steps | fp32 | bf16 | bf16 − fp32 | published spread (max − min) | '
+                        'within it |')
+    cells = [[c.strip() for c in line.split('|')[1:-1]] for line in lines[2:]]
+    assert cells == [['cartpole_balance', '0', '10k', '300.0 ± 30.0', '–', '–', '–', '–'],
+                     ['cartpole_balance', '0', '30k', '420.0 ± 42.0', '400.0 ± 40.0', '-20.0', '49.1', 'yes'],
+                     ['cartpole_balance', '0', '60k', '600.0 ± 60.0', '350.0 ± 35.0', '-250.0', '199.5', 'no']]
+    assert open(os.path.join(out, 'compare_curves.png'), 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    capsys.readouterr()
+    assert learning.main(['--root', fp32, '--compare', str(tmp_path / 'none'), '--report_only', '--out', out]) == 1
+    assert 'no task and seed has evaluations under both' in capsys.readouterr().out
+
+
 def test_report_without_runs_says_so(tmp_path, capsys):
     assert learning.main(['--root', str(tmp_path), '--report_only']) == 1
     assert 'No evaluations yet' in capsys.readouterr().out
