@@ -14,7 +14,8 @@ run and skips a finished one). The report is `<out>/learning_table.md` (eval ret
 root). Published curves: `scripts/reference/dreamerv2_dmc_vision.json` (its `source` names where they come from).
 
 `--experiment diswm` runs the paper's pipeline with the same schedule, under `<root>/diswm/`: videos of finger_spin
-with the colour distractor collected by the finished finger_spin protocol run's checkpoint (`videos/`), a shortened
+with the colour distractor collected by the finished finger_spin protocol run's checkpoint (`videos/`; or
+`--video_policy random|CHECKPOINT`), a shortened
 stage-1 pretraining (`pretrain/`), then DisWM and DreamerV2 with `--color_distractor True` on `--target`
 (`<target>/<method>/seed_<n>`); its report is `diswm_table.md` and `diswm_curves.png` (returns and the distillation
 terms `distill_loss`, `distill_eta`).
@@ -92,11 +93,17 @@ def diswm_root(args) -> str:
     return os.path.join(args.root, 'diswm')
 
 
+def video_policy(args, seed: int) -> str:
+    """What collects the DisWM experiment's videos: `--video_policy` (a checkpoint, or `random`), by default the
+    finger_spin protocol run's checkpoint of the same seed."""
+    return args.video_policy or os.path.join(run_dir(args.root, DISWM_SOURCE, seed), 'checkpoint.pt')
+
+
 def diswm_stages(args, seed: int) -> list[tuple[str, str, list[str]]]:
     """(name, output folder, command) of the DisWM experiment's stages for one seed, in order."""
     root = diswm_root(args)
     videos, pretrain = os.path.join(root, 'videos', DISWM_SOURCE), os.path.join(root, 'pretrain', f'seed_{seed}')
-    checkpoint = os.path.join(run_dir(args.root, DISWM_SOURCE, seed), 'checkpoint.pt')
+    checkpoint = video_policy(args, seed)
     stages = [
         ('videos', videos, [sys.executable, os.path.join(ROOT, 'scripts', 'collect_videos.py'),
                             '--task', f'dmc2gym_{DISWM_SOURCE}', '--policy', checkpoint,
@@ -504,6 +511,9 @@ def parse_args(argv=None):
                         help='dreamerv2: the clean-DMC protocol; diswm: the DisWM pipeline at small scale')
     parser.add_argument('--target', default='cartpole_balance', help='--experiment diswm: the online task')
     parser.add_argument('--video_episodes', type=int, default=50, help='--experiment diswm: finger_spin episodes')
+    parser.add_argument('--video_policy', default=None,
+                        help='--experiment diswm: what collects the finger_spin videos: a checkpoint.pt or random '
+                             '(default: the finger_spin protocol run of the same seed, as the paper\'s trained agents)')
     parser.add_argument('--pretrain_updates', type=int, default=3000,
                         help='--experiment diswm: stage-1 updates at batch 16 x 50 (the release: 20k at 50 x 50)')
     parser.add_argument('--tasks', type=words, default=list(TASKS), help='DMC tasks without the dmc2gym_ prefix')
@@ -603,11 +613,16 @@ def main_diswm(args) -> int:
     if not args.report_only:
         stages = []
         for seed in args.seeds:
-            source = run_dir(args.root, DISWM_SOURCE, seed)
-            if not args.dry_run and not os.path.exists(os.path.join(source, 'checkpoint.pt')):
-                print(f'The DisWM experiment collects its videos with the finger_spin protocol run of seed {seed}, '
-                      f'which has no checkpoint yet: run  python scripts/learning.py --tasks {DISWM_SOURCE} '
-                      f'--seeds {seed} --root {args.root}  first.')
+            policy = video_policy(args, seed)
+            if not args.dry_run and policy != 'random' and not os.path.exists(policy):
+                if args.video_policy:
+                    print(f'--video_policy {policy}: no such checkpoint (give a checkpoint.pt, a run folder\'s '
+                          f'checkpoint, or random).')
+                else:
+                    print(f'The DisWM experiment collects its videos with the finger_spin protocol run of seed {seed}, '
+                          f'which has no checkpoint yet: run  python scripts/learning.py --tasks {DISWM_SOURCE} '
+                          f'--seeds {seed} --root {args.root}  first, or collect them with random actions: '
+                          f'--video_policy random.')
                 return 2
             seed_stages = diswm_stages(args, seed)
             pretrain = seed_stages[1][1]

@@ -175,6 +175,24 @@ def test_diswm_experiment_stages(tmp_path):
     assert learning.main(['--experiment', 'diswm', '--root', root]) == 2
 
 
+def test_diswm_videos_from_another_policy(tmp_path, capsys):
+    """--video_policy: random actions or any checkpoint collect the videos instead of the finger_spin protocol run;
+    a checkpoint that does not exist stops before anything runs."""
+    root = str(tmp_path)
+    for policy in ('random', str(tmp_path / 'other' / 'checkpoint.pt')):
+        args = learning.parse_args(['--experiment', 'diswm', '--root', root, '--video_policy', policy])
+        collect = learning.diswm_stages(args, seed=0)[0][2]
+        assert collect[collect.index('--policy') + 1] == policy
+    assert learning.main(['--experiment', 'diswm', '--root', root]) == 2
+    assert '--video_policy random' in capsys.readouterr().out
+    assert learning.main(['--experiment', 'diswm', '--root', root, '--video_policy', str(tmp_path / 'no.pt')]) == 2
+    assert 'no such checkpoint' in capsys.readouterr().out
+    # random needs no checkpoint: the dry run prints the four stages' commands
+    assert learning.main(['--experiment', 'diswm', '--root', root, '--video_policy', 'random', '--dry_run']) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 4 and '--policy random' in printed[0]
+
+
 def test_diswm_report_reads_distillation_terms(tmp_path):
     root = str(tmp_path)
     base = os.path.join(root, 'diswm', 'cartpole_balance')
