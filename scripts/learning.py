@@ -280,6 +280,17 @@ def training_table(root: str, tasks, seeds) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def published_band(ax, curves: dict | None, max_step: int) -> None:
+    """The published seeds' min-max band and mean up to `max_step` on a matplotlib axis (nothing without curves)."""
+    if not curves:
+        return
+    xs = [x for x in curves['xs'] if x <= max_step]
+    cols = [[seed[i] for seed in curves['seeds'].values()] for i in range(len(xs))]
+    ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color='0.8',
+                    label=f'DreamerV2 published ({len(curves["seeds"])} seeds, min-max)')
+    ax.plot(xs, [sum(c) / len(c) for c in cols], color='0.45', ls='--', marker='s', ms=3, label='published mean')
+
+
 def plot(found: dict, reference: dict, path: str, max_step: int) -> None:
     """One panel per task: the published seeds' min-max band and mean, and this project's seeds."""
     import matplotlib
@@ -288,14 +299,7 @@ def plot(found: dict, reference: dict, path: str, max_step: int) -> None:
     tasks = list(found)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        curves = reference.get(task)
-        if curves:
-            xs = [x for x in curves['xs'] if x <= max_step]
-            cols = [[seed[i] for seed in curves['seeds'].values()] for i in range(len(xs))]
-            ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color='0.8',
-                            label=f'DreamerV2 published ({len(curves["seeds"])} seeds, min-max)')
-            ax.plot(xs, [sum(c) / len(c) for c in cols], color='0.45', ls='--', marker='s', ms=3,
-                    label='published mean')
+        published_band(ax, reference.get(task), max_step)
         for seed, (steps, values) in sorted(found[task].items()):
             ax.plot(steps, values, marker='o', ms=3, label=f'this project, seed {seed}')
         ax.set_title(task)
@@ -375,12 +379,7 @@ def compare_plot(found, reference: dict, path: str, max_step: int) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.4), squeeze=False)
     for ax, (task, seed, runs) in zip(axes[0], found):
-        curves = reference.get(task)
-        if curves:
-            xs = [x for x in curves['xs'] if x <= max_step]
-            cols = [[s[i] for s in curves['seeds'].values()] for i in range(len(xs))]
-            ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color='0.85',
-                            label='DreamerV2 published (min-max)')
+        published_band(ax, reference.get(task), max_step)
         for label, curve in runs:
             steps = sorted(curve)
             ax.errorbar(steps, [curve[s][0] for s in steps], yerr=[curve[s][1] or 0 for s in steps], marker='o',
