@@ -358,8 +358,22 @@ def mlp(inp: int, out: int, layers: int, units: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+def mlp_fp32_out(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """`net(x)` with the last (output) Linear in fp32 even under autocast; the hidden layers follow autocast.
+
+    Official DreamerV2 casts its heads' outputs to float32 before building their distributions. Under bf16 the output
+    layer itself must run in fp32 too: a bf16 value of ~50 has a resolution of 0.25, which would quantize the critic,
+    the imagined rewards and so the lambda-returns the actor climbs. Without autocast this is `net(x)` exactly (the
+    casts are no-ops)."""
+    for layer in net[:-1]:
+        x = layer(x)
+    last = net[-1]
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.float(), last.weight, last.bias)
+
+
 class DenseHead(nn.Module):
-    """MLP predicting the mean of a unit-variance Normal (reward, value)."""
+    """MLP predicting the mean of a unit-variance Normal (reward, value); the output layer in fp32 (`mlp_fp32_out`)."""
 
     def __init__(self, inp: int, layers: int, units: int, out: int = 1):
         super().__init__()
@@ -367,7 +381,7 @@ class DenseHead(nn.Module):
         self.out = out
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        x = self.net(feat)
+        x = mlp_fp32_out(self.net, feat)
         return x.squeeze(-1) if self.out == 1 else x
 
 
@@ -386,7 +400,7 @@ class ActionHead(nn.Module):
         self.clipped = clipped
 
     def forward(self, feat: torch.Tensor):
-        mean, raw = self.net(feat).chunk(2, -1)
+        mean, raw = mlp_fp32_out(self.net, feat).chunk(2, -1)   # tanh and sigmoid in fp32, as official DreamerV2
         mean, std = torch.tanh(mean), tools.gaussian_std(raw, self.min_std)
         if self.clipped:
             return tools.ClippedNormal(mean, std, clip_rsample=False)

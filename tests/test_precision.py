@@ -114,3 +114,62 @@ def test_logged_window_mean_skips_non_finite_values_and_counts_them(tmp_path):
     lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
     assert json.loads(lines[0]) == {'step': 10, 'model_grad_norm': 2.0, 'model_grad_norm_nonfinite': 1,
                                     'model_loss': 6.0}
+
+
+def test_heads_output_layers_run_in_fp32_under_bf16():
+    """Reward head, critic and actor: the hidden layers follow bf16 autocast, the output layer runs in fp32 (official
+    DreamerV2 casts head outputs to float32). A value near 50 keeps its fp32 resolution (bf16's step there is 0.25),
+    and without autocast the head is the plain MLP, bit for bit."""
+    import networks
+    torch.manual_seed(0)
+    head = networks.DenseHead(16, 2, 32)
+    with torch.no_grad():
+        head.net[-1].bias.fill_(50.0)
+    feat = torch.randn(64, 16)
+    with torch.no_grad():
+        assert torch.equal(head(feat), head.net(feat).squeeze(-1))                        # fp32: unchanged
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = head(feat)
+            hidden = head.net[:-1](feat)
+        assert out.dtype == torch.float32 and hidden.dtype == torch.bfloat16
+        want = (hidden.float() @ head.net[-1].weight.T + head.net[-1].bias).squeeze(-1)   # fp32 output layer
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-5)
+        steps = torch.remainder(out - 50.0, 0.25)
+        assert ((steps > 0.01) & (steps < 0.24)).float().mean() > 0.5      # not on bf16's 0.25 grid
+    actor = networks.ActionHead(16, 2, 2, 32)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        dist = actor(feat)
+    assert dist.mean.dtype == torch.float32 and dist.std.dtype == torch.float32
+
+
+def test_bf16_lambda_returns_are_fp32():
+    """Under --precision bf16 the imagined rewards, slow-critic values and lambda-returns of a behaviour update are
+    fp32 tensors, and close to the fp32 update's from the same weights and start states."""
+    out = {}
+    for precision in ('32', 'bf16'):
+        torch.manual_seed(0)
+        cfg = tools.make_config(['--configs', 'defaults', 'dmc2gym', '--logdir', '/tmp/x', '--device', 'cpu',
+                                 '--precision', precision, *SMALL])
+        agent = models.Agent(cfg, 2)
+        with torch.no_grad():
+            agent.behavior.slow_critic.net[-1].bias.fill_(50.0)      # values of a trained cartpole critic
+        start = {k: torch.randn(4, 3, n) if k != 'std' else torch.rand(4, 3, n) + 0.1
+                 for k, n in (('mean', 8), ('std', 8), ('stoch', 8), ('deter', 32))}
+        seen = {}
+        lambda_return = tools.lambda_return
+
+        def spy(reward, next_value, *args, **kwargs):
+            seen.update(reward=reward.dtype, value=next_value.dtype)
+            seen['target'] = lambda_return(reward, next_value, *args, **kwargs)
+            return seen['target']
+        tools.lambda_return = spy
+        try:
+            torch.manual_seed(1)
+            with agent.autocast():
+                agent.behavior.losses(agent.wm, start, agent.reward_fn)
+        finally:
+            tools.lambda_return = lambda_return
+        out[precision] = seen
+    assert out['bf16']['reward'] == out['bf16']['value'] == out['bf16']['target'].dtype == torch.float32
+    # same weights, same noise: the bf16 targets differ from fp32 only by the hidden layers' rounding (~0.1 %)
+    torch.testing.assert_close(out['bf16']['target'], out['32']['target'], rtol=0.01, atol=0.1)
