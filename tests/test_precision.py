@@ -142,7 +142,7 @@ def test_heads_output_layers_run_in_fp32_under_bf16():
     assert dist.mean.dtype == torch.float32 and dist.std.dtype == torch.float32
 
 
-def test_bf16_lambda_returns_are_fp32():
+def test_bf16_lambda_returns_are_fp32(monkeypatch):
     """Under --precision bf16 the imagined rewards, slow-critic values and lambda-returns of a behaviour update are
     fp32 tensors, and close to the fp32 update's from the same weights and start states."""
     out = {}
@@ -156,19 +156,16 @@ def test_bf16_lambda_returns_are_fp32():
         start = {k: torch.randn(4, 3, n) if k != 'std' else torch.rand(4, 3, n) + 0.1
                  for k, n in (('mean', 8), ('std', 8), ('stoch', 8), ('deter', 32))}
         seen = {}
-        lambda_return = tools.lambda_return
 
-        def spy(reward, next_value, *args, **kwargs):
+        def spy(reward, next_value, *args, lambda_return=tools.lambda_return, **kwargs):
             seen.update(reward=reward.dtype, value=next_value.dtype)
             seen['target'] = lambda_return(reward, next_value, *args, **kwargs)
             return seen['target']
-        tools.lambda_return = spy
-        try:
+        with monkeypatch.context() as patch:
+            patch.setattr(tools, 'lambda_return', spy)
             torch.manual_seed(1)
             with agent.autocast():
                 agent.behavior.losses(agent.wm, start, agent.reward_fn)
-        finally:
-            tools.lambda_return = lambda_return
         out[precision] = seen
     assert out['bf16']['reward'] == out['bf16']['value'] == out['bf16']['target'].dtype == torch.float32
     # same weights, same noise: the bf16 targets differ from fp32 only by the hidden layers' rounding (~0.1 %)
