@@ -324,7 +324,7 @@ def run_label(run: str) -> str:
 
 def compare_runs(roots: list[str], tasks, seeds) -> list[tuple[str, int, list[tuple[str, dict]]]]:
     """(task, seed, [(label, {env step: (eval mean, eval std)}) per root]) for every task and seed that has
-    evaluations under at least two of the roots. Labels are the runs' precisions, or their roots where those agree."""
+    evaluations under at least two of the roots. Labels are the runs' precisions, with their root where two agree."""
     found = []
     for task in tasks:
         for seed in seeds:
@@ -337,38 +337,45 @@ def compare_runs(roots: list[str], tasks, seeds) -> list[tuple[str, int, list[tu
                 if steps:
                     runs.append((run_label(folder), root, {s: (m, stds.get(s)) for s, m in zip(steps, means)}))
             if len(runs) >= 2:
-                distinct = len({label for label, _, _ in runs}) == len(runs)
-                found.append((task, seed, [(label if distinct else root, curve) for label, root, curve in runs]))
+                labels = [label for label, _, _ in runs]
+                found.append((task, seed, [(label if labels.count(label) == 1 else f'{label} ({root})', curve)
+                                           for label, root, curve in runs]))
     return found
 
 
 def compare_table(found, reference: dict) -> str:
     """Markdown: per task, seed and evaluation step, each compared run's eval return (mean ± std over its episodes),
-    the difference of the second from the first, and the published DreamerV2 seeds' spread (max - min) where published:
-    a difference inside that spread is within seed noise at that step."""
+    the difference of every other run from the first, and the published DreamerV2 seeds' spread (max - min) where
+    published: a difference inside that spread is within seed noise at that step ("within it", one verdict per
+    difference, in the order of the difference columns)."""
     lines, current = [], None
     for task, seed, runs in found:
         labels = [label for label, _ in runs]
         if labels != current:        # a new header wherever the compared runs are named differently
-            lines += ([''] if lines else []) + [_compare_header(labels), '|---|---|---|' + '---|' * (len(labels) + 3)]
+            lines += ([''] if lines else []) + [_compare_header(labels),
+                                               '|---|---|---|' + '---|' * (2 * len(labels) + 1)]
             current = labels
         for step in sorted(set().union(*[curve for _, curve in runs])):
             cells = []
             for _, curve in runs:
                 mean, std = curve.get(step, (None, None))
                 cells.append('–' if mean is None else f'{mean:.1f}' + ('' if std is None else f' ± {std:.1f}'))
-            first, second = runs[0][1].get(step), runs[1][1].get(step)
-            diff = None if first is None or second is None else second[0] - first[0]
+            first = runs[0][1].get(step)
+            diffs = [None if first is None or curve.get(step) is None else curve[step][0] - first[0]
+                     for _, curve in runs[1:]]
             ref = reference_at(reference, task, step)
             spread = None if ref is None else ref[2] - ref[0]
-            verdict = '–' if diff is None or spread is None else 'yes' if abs(diff) <= spread else 'no'
-            cells += ['–' if diff is None else f'{diff:+.1f}', '–' if spread is None else f'{spread:.1f}', verdict]
+            verdicts = ['–' if diff is None or spread is None else 'yes' if abs(diff) <= spread else 'no'
+                        for diff in diffs]
+            cells += ['–' if diff is None else f'{diff:+.1f}' for diff in diffs]
+            cells += ['–' if spread is None else f'{spread:.1f}', ' / '.join(verdicts)]
             lines.append(f'| {task} | {seed} | {step / 1000:g}k | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 
 def _compare_header(labels: list[str]) -> str:
-    return ('| task | seed | env steps | ' + ' | '.join(labels) + f' | {labels[1]} − {labels[0]} | '
+    diffs = ' | '.join(f'{label} − {labels[0]}' for label in labels[1:])
+    return ('| task | seed | env steps | ' + ' | '.join(labels) + f' | {diffs} | '
             'published spread (max − min) | within it |')
 
 
@@ -489,9 +496,11 @@ def report(args) -> int:
     print(text)
     print(f'Table: {table_path}\nTraining metrics: {training_path}\nCurves: {png_path}')
     if args.compare:
-        compared = compare_runs([args.root, args.compare], args.tasks, args.seeds)
+        compared = compare_runs([args.root] + args.compare, args.tasks, args.seeds)
         if not compared:
-            print(f'--compare: no task and seed has evaluations under both {args.root} and {args.compare}.')
+            where = (f'both {args.root} and {args.compare[0]}' if len(args.compare) == 1 else
+                     f'at least two of {", ".join([args.root] + args.compare)}')
+            print(f'--compare: no task and seed has evaluations under {where}.')
             return 1
         compare_path = os.path.join(args.out, 'compare_table.md')
         text = compare_table(compared, reference)
@@ -533,10 +542,10 @@ def parse_args(argv=None):
     parser.add_argument('--out', default=None, help='folder for the table and PNG (default: --root)')
     parser.add_argument('--progress', default='True', choices=['True', 'False'], help="dreamer.py's progress bar")
     parser.add_argument('--report_only', action='store_true', help='only write the table and PNG')
-    parser.add_argument('--compare', default=None, metavar='ROOT',
-                        help='another results folder with the same tasks and seeds run differently (e.g. in bf16): '
-                             'the report also writes compare_table.md and compare_curves.png, the two runs side by '
-                             'side against the published seeds\' spread')
+    parser.add_argument('--compare', default=None, metavar='ROOT[,ROOT...]',
+                        help='other results folders (comma-separated) with the same tasks and seeds run differently '
+                             '(e.g. in bf16): the report also writes compare_table.md and compare_curves.png, the '
+                             'runs side by side against the published seeds\' spread')
     parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
     parser.add_argument('--status', action='store_true',
                         help="print each run's state, env steps, last returns, pace and time left; run nothing")
@@ -550,6 +559,10 @@ def parse_args(argv=None):
     if args.threads is None:
         args.threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
     args.out = args.out or args.root
+    if args.compare is not None:
+        args.compare = [root for root in args.compare.split(',') if root]
+        if not args.compare:
+            parser.error('--compare needs at least one results folder')
     if args.precision == 'auto':
         args.precision = auto_precision(args.extra)
     return args

@@ -140,6 +140,32 @@ def test_compare_puts_the_same_runs_of_two_roots_side_by_side(tmp_path, capsys):
     assert 'no task and seed has evaluations under both' in capsys.readouterr().out
 
 
+def test_compare_three_roots_names_runs_of_one_precision_by_their_root(tmp_path):
+    """--compare A,B: one column and one difference from the first run per compared root; two runs of the same
+    precision are told apart by their results folder; "within it" gives one verdict per difference."""
+    roots = {name: str(tmp_path / name) for name in ('fp32', 'old', 'new')}
+    for name, precision, returns in (('fp32', "'32'", (420.0, 600.0)), ('old', 'bf16', (300.0, 350.0)),
+                                     ('new', 'bf16', (400.0, None))):
+        folder = os.path.join(roots[name], 'cartpole_balance', 'seed_0')
+        write_metrics(folder, [{'step': s, 'eval_return_average': r, 'eval_return_std': 10.0}
+                               for s, r in zip((30_000, 60_000), returns) if r is not None])
+        with open(os.path.join(folder, 'config.yaml'), 'w') as f:
+            f.write(f'precision: {precision}\nseed: 0\n')
+    out = str(tmp_path / 'out')
+    assert learning.main(['--root', roots['fp32'], '--compare', f"{roots['old']},{roots['new']}", '--report_only',
+                          '--tasks', 'cartpole_balance', '--out', out]) == 0
+    lines = open(os.path.join(out, 'compare_table.md')).read().splitlines()
+    old, new = f"bf16 ({roots['old']})", f"bf16 ({roots['new']})"
+    assert lines[0] == (f'| task | seed | env steps | fp32 | {old} | {new} | {old} − fp32 | {new} − fp32 | '
+                        'published spread (max − min) | within it |')
+    assert lines[1].count('|') == lines[0].count('|')
+    cells = [[c.strip() for c in line.split('|')[1:-1]] for line in lines[2:]]
+    assert cells == [['cartpole_balance', '0', '30k', '420.0 ± 10.0', '300.0 ± 10.0', '400.0 ± 10.0', '-120.0',
+                      '-20.0', '49.1', 'no / yes'],
+                     ['cartpole_balance', '0', '60k', '600.0 ± 10.0', '350.0 ± 10.0', '–', '-250.0', '–', '199.5',
+                      'no / –']]
+
+
 def test_report_without_runs_says_so(tmp_path, capsys):
     assert learning.main(['--root', str(tmp_path), '--report_only']) == 1
     assert 'No evaluations yet' in capsys.readouterr().out
