@@ -4,10 +4,17 @@ actually followed. The checks of docs/learning.md's investigation, for a run tha
 
     python scripts/diagnose.py runs/learning/cartpole_balance/seed_0               # its last 4 training episodes
     python scripts/diagnose.py RUN --episodes 8 --window 200 --horizons 1,5,10,15,20,40
+    python scripts/diagnose.py RUN --gradients bf16 --threads 2           # one update's gradients, bf16 vs fp32
 
 Rewards are per agent step (the sum over `action_repeat` env steps), as the model sees them. The realized return at
 step t is sum_k discount^k r[t+k] up to the episode's end; it is compared with the critic only for steps whose
 remaining episode is long enough for the cut-off tail to be below 5 % of the return's scale.
+
+`--gradients bf16` (or `16`) asks whether reduced precision changes what an update would do at this checkpoint: on one
+batch of the run's last episodes (batch_size x batch_length windows) it computes the world-model, actor and critic
+gradients of one update without applying them, in fp32 and under autocast, from the same weights and the same seeds,
+and prints per part the gradient norms, the cosine between the two precisions' gradients for the same seed, and,
+as the yardstick, the cosine between fp32 gradients of two different seeds (the sampling noise of an update).
 """
 from __future__ import annotations
 
@@ -91,6 +98,95 @@ def diagnose(agent, episodes: list[dict], window: int, horizons: list[int], cont
                 value_corr=corr(realized, values))
 
 
+GRADIENT_PARTS = ('encoder', 'decoder', 'rssm', 'reward', 'actor', 'critic')
+
+
+def update_gradients(agent, data: dict, precision: str, seed: int, step: int = 0) -> dict:
+    """{part: flat fp32 gradient} of one training update of `agent` on `data` (world model, then actor and critic
+    from the posterior states of the same pass, as `Agent.update` computes them) under `precision`'s autocast,
+    with the torch RNG seeded by `seed`; nothing is applied."""
+    import contextlib
+
+    import torch
+
+    import tools
+    cast = tools.autocast(argparse.Namespace(device=agent.config.device, precision=precision)) \
+        if precision != '32' else contextlib.nullcontext()
+    wm, behavior = agent.wm, agent.behavior
+    named = {part: [p for n, p in wm.named_parameters() if n.split('.')[0] == part] for part in GRADIENT_PARTS[:4]}
+    named['actor'], named['critic'] = list(behavior.actor.parameters()), list(behavior.critic.parameters())
+
+    def flat(loss, params):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().float()
+                          for g, p in zip(grads, params)])
+
+    torch.manual_seed(seed)
+    with torch.enable_grad():
+        params = [p for part in GRADIENT_PARTS for p in named[part]]
+        flags = [p.requires_grad for p in params]
+        try:
+            for p in params:
+                p.requires_grad_(True)
+            with cast:
+                loss, out, _ = wm.loss(data, step)
+            grads = {part: flat(loss, named[part]) for part in GRADIENT_PARTS[:4]}
+            start = {k: v.detach() for k, v in out['post'].items()}
+            with cast:
+                actor_loss, critic_loss, _ = behavior.losses(wm, start, agent.reward_fn, out.get('behavior_context'))
+            grads['actor'] = flat(actor_loss, named['actor'])
+            grads['critic'] = flat(critic_loss, named['critic'])
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+    return grads
+
+
+def gradient_agreement(agent, data: dict, precision: str = 'bf16', seeds=(0, 1, 2, 3)) -> dict:
+    """{part: dict(norm_fp32, norm_low, cos_same_seed, cos_fp32_seeds)}: mean gradient norms in fp32 and in
+    `precision`, the mean cosine between the two precisions' gradients for the same seed, and the mean cosine between
+    fp32 gradients of consecutive seeds (the update's own sampling noise; needs two seeds or more)."""
+    full = [update_gradients(agent, data, '32', s) for s in seeds]
+    low = [update_gradients(agent, data, precision, s) for s in seeds]
+
+    def cos(a, b):
+        return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
+
+    out = {}
+    for part in GRADIENT_PARTS:
+        pairs = list(zip(full, full[1:]))
+        out[part] = dict(norm_fp32=float(np.mean([float(g[part].norm()) for g in full])),
+                         norm_low=float(np.mean([float(g[part].norm()) for g in low])),
+                         cos_same_seed=float(np.mean([cos(a[part], b[part]) for a, b in zip(full, low)])),
+                         cos_fp32_seeds=float(np.mean([cos(a[part], b[part]) for a, b in pairs])) if pairs
+                         else float('nan'))
+    return out
+
+
+def sample_batch(episodes: list[dict], batch: int, length: int, seed: int = 0) -> dict:
+    """A numpy batch of `batch` windows of `length` agent steps from uniformly chosen episodes and starts, each
+    window starting from a fresh state (`is_first` at its first step, as the replay marks sampled sequences)."""
+    rng = np.random.default_rng(seed)
+    rows = {k: [] for k in ('image', 'action', 'reward', 'is_first')}
+    for _ in range(batch):
+        ep = episodes[rng.integers(len(episodes))]
+        start = int(rng.integers(0, len(ep['reward']) - length + 1))
+        for k in rows:
+            rows[k].append(ep[k][start:start + length])
+    out = {k: np.stack(v) for k, v in rows.items()}
+    out['is_first'][:, 0] = True
+    return out
+
+
+def gradient_report(result: dict, precision: str) -> str:
+    name = {'bf16': 'bf16', '16': 'fp16'}[precision]
+    lines = [f'one update\'s gradients, {name} autocast vs fp32 (same weights, batch and seeds):',
+             f'  part: norm fp32 / {name}; cosine {name} vs fp32 (same seed); cosine fp32 seed vs seed (noise)']
+    lines += [f"  {part}: {r['norm_fp32']:.4g} / {r['norm_low']:.4g}; {r['cos_same_seed']:.4f}; "
+              f"{r['cos_fp32_seeds']:.4f}" for part, r in result.items()]
+    return '\n'.join(lines)
+
+
 def report(result: dict) -> str:
     lines = [f"reward head on observed states ({result['steps']} agent steps): mean abs error "
              f"{result['reward_mae']:.3f}, correlation {result['reward_corr']:.3f}",
@@ -112,6 +208,10 @@ def main(argv=None) -> int:
     parser.add_argument('--window', type=int, default=200, help='agent steps observed from a fresh state')
     parser.add_argument('--horizons', default='1,5,10,15,20,40', help='open-loop steps ahead')
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--gradients', default=None, choices=['bf16', '16'],
+                        help='instead of the reward and value checks: one update\'s gradients in this precision '
+                             'against fp32 on a batch of the last episodes (batch_size x batch_length of the run)')
+    parser.add_argument('--seeds', type=int, default=4, help='--gradients: seeds (RNG streams) compared')
     args = parser.parse_args(argv)
     import torch
 
@@ -129,6 +229,12 @@ def main(argv=None) -> int:
         print(f"Error: no training episodes in '{folder}'.", file=sys.stderr)
         return 2
     episodes = [dict(np.load(f)) for f in files]
+    if args.gradients:
+        length = min(config.batch_length, min(len(ep['reward']) for ep in episodes))
+        data = agent.training_batch(sample_batch(episodes, config.batch_size, length))
+        print(f'{ckpt}: {len(files)} episodes, a batch of {config.batch_size} x {length}, {args.seeds} seeds')
+        print(gradient_report(gradient_agreement(agent, data, args.gradients, range(args.seeds)), args.gradients))
+        return 0
     window = min(args.window, min(len(ep['reward']) for ep in episodes))
     horizons = [int(h) for h in args.horizons.split(',') if h]
     print(f'{ckpt}: {len(files)} episodes, windows of {window} agent steps')

@@ -56,3 +56,61 @@ def test_diagnose_matches_a_direct_computation():
     assert set(result['open_loop']) == {1, 5} and all(e >= 0 for e in result['open_loop'].values())
     text = diagnose.report(result)
     assert 'mean abs error' in text and 'open-loop reward error by steps ahead: 1:' in text
+
+
+def tiny_agent_and_batch():
+    torch.manual_seed(0)
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu', '--units', '32',
+                                '--dyn_deter', '32', '--dyn_hidden', '32', '--dyn_stoch', '8', '--cnn_depth', '8',
+                                '--imag_horizon', '4'])
+    agent = agents.make_agent(config, 2).eval()
+    rng = np.random.default_rng(2)
+    episodes = [dict(image=rng.integers(0, 255, (30, 64, 64, 3), dtype=np.uint8),
+                     action=rng.uniform(-1, 1, (30, 2)).astype(np.float32),
+                     reward=rng.uniform(0, 2, 30).astype(np.float32), is_first=np.eye(1, 30, dtype=bool)[0])
+                for _ in range(2)]
+    batch = diagnose.sample_batch(episodes, 3, 10)
+    assert batch['image'].shape == (3, 10, 64, 64, 3) and batch['is_first'][:, 0].all()
+    return agent, agent.training_batch(batch)
+
+
+def test_update_gradients_are_those_of_an_update():
+    """fp32 gradients per part equal a direct autograd computation of the world-model loss and, from its posterior
+    states, the actor and critic losses, with the same seed; nothing is left requiring gradients."""
+    agent, data = tiny_agent_and_batch()
+    grads = diagnose.update_gradients(agent, data, '32', seed=5)
+    assert set(grads) == set(diagnose.GRADIENT_PARTS)
+    for p in agent.parameters():
+        p.requires_grad_(True)
+    torch.manual_seed(5)
+    loss, out, _ = agent.wm.loss(data, 0)
+    reward_params = list(agent.wm.reward.parameters())
+    direct_reward = torch.cat([g.flatten() for g in torch.autograd.grad(loss, reward_params, retain_graph=True)])
+    start = {k: v.detach() for k, v in out['post'].items()}
+    actor_loss, critic_loss, _ = agent.behavior.losses(agent.wm, start, agent.reward_fn)
+    actor_params = list(agent.behavior.actor.parameters())
+    direct_actor = torch.cat([g.flatten() for g in torch.autograd.grad(actor_loss, actor_params, retain_graph=True)])
+    critic_params = list(agent.behavior.critic.parameters())
+    direct_critic = torch.cat([g.flatten() for g in torch.autograd.grad(critic_loss, critic_params)])
+    agent.requires_grad_(False)
+    assert torch.allclose(grads['reward'], direct_reward, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(grads['actor'], direct_actor, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(grads['critic'], direct_critic, rtol=1e-5, atol=1e-7)
+    assert grads['encoder'].numel() == sum(p.numel() for p in agent.wm.encoder.parameters())
+    diagnose.update_gradients(agent, data, 'bf16', seed=5)
+    assert not any(p.requires_grad for p in agent.parameters())
+
+
+def test_gradient_agreement_fp32_with_itself_and_bf16():
+    """fp32 against fp32: the same gradients (cosine 1, equal norms), different seeds: not the same; bf16 autocast:
+    the same direction broadly but not equal. The report names every part."""
+    agent, data = tiny_agent_and_batch()
+    same = diagnose.gradient_agreement(agent, data, '32', seeds=(0, 1))
+    for part, r in same.items():
+        assert abs(r['cos_same_seed'] - 1) < 1e-6 and np.isclose(r['norm_fp32'], r['norm_low'], rtol=1e-6), part
+    assert same['actor']['cos_fp32_seeds'] < 0.9999          # another seed samples other latents and actions
+    low = diagnose.gradient_agreement(agent, data, 'bf16', seeds=(0, 1))
+    assert all(r['cos_same_seed'] > 0.5 for r in low.values()), low      # an untrained net's gradients: noisy
+    assert any(r['cos_same_seed'] < 1 - 1e-6 for r in low.values()), low   # but bf16 rounding does change them
+    text = diagnose.gradient_report(low, 'bf16')
+    assert all(f'  {part}: ' in text for part in diagnose.GRADIENT_PARTS)
