@@ -11,7 +11,7 @@ step t is sum_k discount^k r[t+k] up to the episode's end; it is compared with t
 remaining episode is long enough for the cut-off tail to be below 5 % of the return's scale.
 
 `--gradients bf16` (or `16`) asks whether reduced precision changes what an update would do at this checkpoint: on one
-batch of the run's last episodes (batch_size x batch_length windows) it computes the world-model, actor and critic
+batch of the run's last episodes (batch_size x batch_length, sampled as in training) it computes the world-model, actor and critic
 gradients of one update without applying them, in fp32 and under autocast, from the same weights and the same seeds,
 and prints per part the gradient norms, the cosine between the two precisions' gradients for the same seed, and,
 as the yardstick, the cosine between fp32 gradients of two different seeds (the sampling noise of an update).
@@ -105,13 +105,10 @@ def update_gradients(agent, data: dict, precision: str, seed: int, step: int = 0
     """{part: flat fp32 gradient} of one training update of `agent` on `data` (world model, then actor and critic
     from the posterior states of the same pass, as `Agent.update` computes them) under `precision`'s autocast,
     with the torch RNG seeded by `seed`; nothing is applied."""
-    import contextlib
-
     import torch
 
     import tools
-    cast = tools.autocast(argparse.Namespace(device=agent.config.device, precision=precision)) \
-        if precision != '32' else contextlib.nullcontext()
+    cast = tools.autocast(argparse.Namespace(device=agent.config.device, precision=precision))   # '32': off
     wm, behavior = agent.wm, agent.behavior
     named = {part: [p for n, p in wm.named_parameters() if n.split('.')[0] == part] for part in GRADIENT_PARTS[:4]}
     named['actor'], named['critic'] = list(behavior.actor.parameters()), list(behavior.critic.parameters())
@@ -152,9 +149,8 @@ def gradient_agreement(agent, data: dict, precision: str = 'bf16', seeds=(0, 1, 
     def cos(a, b):
         return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
 
-    out = {}
+    out, pairs = {}, list(zip(full, full[1:]))
     for part in GRADIENT_PARTS:
-        pairs = list(zip(full, full[1:]))
         out[part] = dict(norm_fp32=float(np.mean([float(g[part].norm()) for g in full])),
                          norm_low=float(np.mean([float(g[part].norm()) for g in low])),
                          cos_same_seed=float(np.mean([cos(a[part], b[part]) for a, b in zip(full, low)])),
@@ -163,19 +159,15 @@ def gradient_agreement(agent, data: dict, precision: str = 'bf16', seeds=(0, 1, 
     return out
 
 
-def sample_batch(episodes: list[dict], batch: int, length: int, seed: int = 0) -> dict:
-    """A numpy batch of `batch` windows of `length` agent steps from uniformly chosen episodes and starts, each
-    window starting from a fresh state (`is_first` at its first step, as the replay marks sampled sequences)."""
-    rng = np.random.default_rng(seed)
-    rows = {k: [] for k in ('image', 'action', 'reward', 'is_first')}
-    for _ in range(batch):
-        ep = episodes[rng.integers(len(episodes))]
-        start = int(rng.integers(0, len(ep['reward']) - length + 1))
-        for k in rows:
-            rows[k].append(ep[k][start:start + length])
-    out = {k: np.stack(v) for k, v in rows.items()}
-    out['is_first'][:, 0] = True
-    return out
+def training_batch(agent, episodes: list[dict], batch: int, length: int, seed: int = 0) -> dict:
+    """One training batch (on the agent's device) of `batch` sequences of `length` agent steps sampled from
+    `episodes` by the replay sampler the run trained with (`replay.Replay`, sequence starts marked as in training)."""
+    import replay as replay_lib
+    buffer = replay_lib.Replay(None, seed=seed, keys=('image', 'action', 'reward', 'is_first'),
+                               mark_sequence_starts=not agent.config.release_compat)
+    for ep in episodes:
+        buffer.add_episode(ep)
+    return agent.training_batch(buffer.sample(batch, length))
 
 
 def gradient_report(result: dict, precision: str) -> str:
@@ -230,8 +222,8 @@ def main(argv=None) -> int:
         return 2
     episodes = [dict(np.load(f)) for f in files]
     if args.gradients:
-        length = min(config.batch_length, min(len(ep['reward']) for ep in episodes))
-        data = agent.training_batch(sample_batch(episodes, config.batch_size, length))
+        length = min(config.batch_length, sum(len(ep['reward']) for ep in episodes))
+        data = training_batch(agent, episodes, config.batch_size, length)
         print(f'{ckpt}: {len(files)} episodes, a batch of {config.batch_size} x {length}, {args.seeds} seeds')
         print(gradient_report(gradient_agreement(agent, data, args.gradients, range(args.seeds)), args.gradients))
         return 0

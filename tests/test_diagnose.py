@@ -69,9 +69,9 @@ def tiny_agent_and_batch():
                      action=rng.uniform(-1, 1, (30, 2)).astype(np.float32),
                      reward=rng.uniform(0, 2, 30).astype(np.float32), is_first=np.eye(1, 30, dtype=bool)[0])
                 for _ in range(2)]
-    batch = diagnose.sample_batch(episodes, 3, 10)
-    assert batch['image'].shape == (3, 10, 64, 64, 3) and batch['is_first'][:, 0].all()
-    return agent, agent.training_batch(batch)
+    data = diagnose.training_batch(agent, episodes, 3, 10)
+    assert data['image'].shape == (3, 10, 64, 64, 3) and bool(data['is_first'][:, 0].all())
+    return agent, data
 
 
 def test_update_gradients_are_those_of_an_update():
