@@ -327,6 +327,7 @@ class WorldModel(nn.Module):
                 out['behavior_context'] = context
         total, loss_metrics = tools.weighted_terms(terms)
         metrics.update(loss_metrics)
+        out['loss_terms'] = terms        # {name: (loss, weight)}, with their graphs (scripts/diagnose.py --terms)
         return total, out, metrics
 
     @torch.no_grad()

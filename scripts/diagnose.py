@@ -5,6 +5,7 @@ actually followed. The checks of docs/learning.md's investigation, for a run tha
     python scripts/diagnose.py runs/learning/cartpole_balance/seed_0               # its last 4 training episodes
     python scripts/diagnose.py RUN --episodes 8 --window 200 --horizons 1,5,10,15,20,40
     python scripts/diagnose.py RUN --gradients bf16 --threads 2           # one update's gradients, bf16 vs fp32
+    python scripts/diagnose.py RUN --gradients bf16 --terms               # ... and per world-model loss term
 
 Rewards are per agent step (the sum over `action_repeat` env steps), as the model sees them. The realized return at
 step t is sum_k discount^k r[t+k] up to the episode's end; it is compared with the critic only for steps whose
@@ -15,6 +16,9 @@ batch of the run's last episodes (batch_size x batch_length, sampled as in train
 gradients of one update without applying them, in fp32 and under autocast, from the same weights and the same seeds,
 and prints per part the gradient norms, the cosine between the two precisions' gradients for the same seed, and,
 as the yardstick, the cosine between fp32 gradients of two different seeds (the sampling noise of an update).
+`--terms` adds the same figures for each world-model loss term's share of each part it reaches (`encoder/image`,
+`encoder/kl`, `rssm/reward`, ...): which term a disagreement comes from, and whether terms cancel (the part's norm
+well below its terms' norms).
 """
 from __future__ import annotations
 
@@ -101,10 +105,11 @@ def diagnose(agent, episodes: list[dict], window: int, horizons: list[int], cont
 GRADIENT_PARTS = ('encoder', 'decoder', 'rssm', 'reward', 'actor', 'critic')
 
 
-def update_gradients(agent, data: dict, precision: str, seed: int, step: int = 0) -> dict:
+def update_gradients(agent, data: dict, precision: str, seed: int, step: int = 0, terms: bool = False) -> dict:
     """{part: flat fp32 gradient} of one training update of `agent` on `data` (world model, then actor and critic
     from the posterior states of the same pass, as `Agent.update` computes them) under `precision`'s autocast,
-    with the torch RNG seeded by `seed`; nothing is applied."""
+    with the torch RNG seeded by `seed`; nothing is applied. With `terms`, also `'<part>/<term>'`: each weighted
+    world-model loss term's gradient on each world-model part it reaches (the terms of a part sum to its gradient)."""
     import torch
 
     import tools
@@ -128,6 +133,12 @@ def update_gradients(agent, data: dict, precision: str, seed: int, step: int = 0
             with cast:
                 loss, out, _ = wm.loss(data, step)
             grads = {part: flat(loss, named[part]) for part in GRADIENT_PARTS[:4]}
+            if terms:
+                for name, (value, weight) in out['loss_terms'].items():
+                    for part in GRADIENT_PARTS[:4]:
+                        g = flat(value * weight, named[part])
+                        if bool(g.any()):
+                            grads[f'{part}/{name}'] = g
             start = {k: v.detach() for k, v in out['post'].items()}
             with cast:
                 actor_loss, critic_loss, _ = behavior.losses(wm, start, agent.reward_fn, out.get('behavior_context'))
@@ -139,18 +150,20 @@ def update_gradients(agent, data: dict, precision: str, seed: int, step: int = 0
     return grads
 
 
-def gradient_agreement(agent, data: dict, precision: str = 'bf16', seeds=(0, 1, 2, 3)) -> dict:
+def gradient_agreement(agent, data: dict, precision: str = 'bf16', seeds=(0, 1, 2, 3), terms: bool = False) -> dict:
     """{part: dict(norm_fp32, norm_low, cos_same_seed, cos_fp32_seeds)}: mean gradient norms in fp32 and in
     `precision`, the mean cosine between the two precisions' gradients for the same seed, and the mean cosine between
-    fp32 gradients of consecutive seeds (the update's own sampling noise; needs two seeds or more)."""
-    full = [update_gradients(agent, data, '32', s) for s in seeds]
-    low = [update_gradients(agent, data, precision, s) for s in seeds]
+    fp32 gradients of consecutive seeds (the update's own sampling noise; needs two seeds or more). With `terms`, the
+    same for each world-model loss term's share of each part (`update_gradients`)."""
+    full = [update_gradients(agent, data, '32', s, terms=terms) for s in seeds]
+    low = [update_gradients(agent, data, precision, s, terms=terms) for s in seeds]
 
     def cos(a, b):
+        a, b = a.double(), b.double()          # fp32 dot products of 10^6 entries round at ~1e-6
         return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
 
     out, pairs = {}, list(zip(full, full[1:]))
-    for part in GRADIENT_PARTS:
+    for part in [k for k in full[0] if all(k in g for g in full + low)]:
         out[part] = dict(norm_fp32=float(np.mean([float(g[part].norm()) for g in full])),
                          norm_low=float(np.mean([float(g[part].norm()) for g in low])),
                          cos_same_seed=float(np.mean([cos(a[part], b[part]) for a, b in zip(full, low)])),
@@ -204,6 +217,8 @@ def main(argv=None) -> int:
                         help='instead of the reward and value checks: one update\'s gradients in this precision '
                              'against fp32 on a batch of the last episodes (batch_size x batch_length of the run)')
     parser.add_argument('--seeds', type=int, default=4, help='--gradients: seeds (RNG streams) compared')
+    parser.add_argument('--terms', action='store_true',
+                        help='--gradients: also each world-model loss term\'s share of each world-model part')
     args = parser.parse_args(argv)
     import torch
 
@@ -225,7 +240,7 @@ def main(argv=None) -> int:
         length = min(config.batch_length, sum(len(ep['reward']) for ep in episodes))
         data = training_batch(agent, episodes, config.batch_size, length)
         print(f'{ckpt}: {len(files)} episodes, a batch of {config.batch_size} x {length}, {args.seeds} seeds')
-        print(gradient_report(gradient_agreement(agent, data, args.gradients, range(args.seeds)), args.gradients))
+        print(gradient_report(gradient_agreement(agent, data, args.gradients, range(args.seeds), args.terms), args.gradients))
         return 0
     window = min(args.window, min(len(ep['reward']) for ep in episodes))
     horizons = [int(h) for h in args.horizons.split(',') if h]

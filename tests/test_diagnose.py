@@ -58,11 +58,11 @@ def test_diagnose_matches_a_direct_computation():
     assert 'mean abs error' in text and 'open-loop reward error by steps ahead: 1:' in text
 
 
-def tiny_agent_and_batch():
+def tiny_agent_and_batch(*argv):
     torch.manual_seed(0)
     config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu', '--units', '32',
                                 '--dyn_deter', '32', '--dyn_hidden', '32', '--dyn_stoch', '8', '--cnn_depth', '8',
-                                '--imag_horizon', '4'])
+                                '--imag_horizon', '4', *argv])
     agent = agents.make_agent(config, 2).eval()
     rng = np.random.default_rng(2)
     episodes = [dict(image=rng.integers(0, 255, (30, 64, 64, 3), dtype=np.uint8),
@@ -114,3 +114,19 @@ def test_gradient_agreement_fp32_with_itself_and_bf16():
     assert any(r['cos_same_seed'] < 1 - 1e-6 for r in low.values()), low   # but bf16 rounding does change them
     text = diagnose.gradient_report(low, 'bf16')
     assert all(f'  {part}: ' in text for part in diagnose.GRADIENT_PARTS)
+
+
+def test_gradient_terms_sum_to_each_part_and_reach_only_their_parts():
+    """--terms: each world-model loss term's share of a part; the shares of a part sum to the part's gradient, the
+    reward term does not reach the decoder nor the image term the reward head, and the actor and critic have none.
+    (No free nats: an untrained model's KL lies below them, where its gradient is zero.)"""
+    agent, data = tiny_agent_and_batch('--kl_free', '0')
+    grads = diagnose.update_gradients(agent, data, '32', seed=3, terms=True)
+    assert {'encoder/image', 'encoder/kl', 'encoder/reward', 'decoder/image', 'reward/reward'} <= set(grads)
+    assert 'decoder/reward' not in grads and 'reward/image' not in grads and 'decoder/kl' not in grads
+    assert not any(k.startswith(('actor/', 'critic/')) for k in grads)
+    for part in diagnose.GRADIENT_PARTS[:4]:
+        shares = [g for k, g in grads.items() if k.startswith(part + '/')]
+        assert torch.allclose(sum(shares), grads[part], rtol=1e-4, atol=1e-6), part
+    result = diagnose.gradient_agreement(agent, data, 'bf16', seeds=(0, 1), terms=True)
+    assert 'encoder/kl' in result and 'encoder/kl' in diagnose.gradient_report(result, 'bf16')
