@@ -240,7 +240,8 @@ def main(argv=None) -> int:
         length = min(config.batch_length, sum(len(ep['reward']) for ep in episodes))
         data = training_batch(agent, episodes, config.batch_size, length)
         print(f'{ckpt}: {len(files)} episodes, a batch of {config.batch_size} x {length}, {args.seeds} seeds')
-        print(gradient_report(gradient_agreement(agent, data, args.gradients, range(args.seeds), args.terms), args.gradients))
+        result = gradient_agreement(agent, data, args.gradients, range(args.seeds), args.terms)
+        print(gradient_report(result, args.gradients))
         return 0
     window = min(args.window, min(len(ep['reward']) for ep in episodes))
     horizons = [int(h) for h in args.horizons.split(',') if h]
