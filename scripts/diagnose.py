@@ -226,7 +226,8 @@ def main(argv=None) -> int:
     from tools import ConfigError
     torch.set_num_threads(args.threads)
     try:
-        agent, config, ckpt = agents.load_agent(args.run, dict(device='cpu'))
+        # Eager networks whatever the run used: compiling would cost minutes here and the checks do not need it.
+        agent, config, ckpt = agents.load_agent(args.run, dict(device='cpu', compile=False))
     except ConfigError as e:
         print(f'Error: {e}', file=sys.stderr)
         return 2

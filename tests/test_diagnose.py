@@ -130,3 +130,17 @@ def test_gradient_terms_sum_to_each_part_and_reach_only_their_parts():
         assert torch.allclose(sum(shares), grads[part], rtol=1e-4, atol=1e-6), part
     result = diagnose.gradient_agreement(agent, data, 'bf16', seeds=(0, 1), terms=True)
     assert 'encoder/kl' in result and 'encoder/kl' in diagnose.gradient_report(result, 'bf16')
+
+
+def test_diagnose_rebuilds_the_agent_eager_on_the_cpu(monkeypatch, capsys):
+    """A run trained with --compile True (or on a GPU) is diagnosed with eager networks on the CPU."""
+    seen = {}
+
+    def fake_load(path, overrides=None, state=None):
+        seen.update(path=path, overrides=dict(overrides))
+        raise tools.ConfigError('stop here')
+
+    monkeypatch.setattr(agents, 'load_agent', fake_load)
+    assert diagnose.main(['some/run', '--gradients', 'bf16']) == 2
+    assert seen == {'path': 'some/run', 'overrides': {'device': 'cpu', 'compile': False}}
+    assert 'stop here' in capsys.readouterr().err
