@@ -235,7 +235,8 @@ def keep_snapshot(path: str, snapshot: str) -> None:
 
 
 def evaluate(agent, eval_envs, config, logger, episodes: int, video_dir: str | None = None):
-    """Runs deterministic evaluation episodes; logs eval_return, eval_return_average/_std, eval_success_rate."""
+    """Runs evaluation episodes with the actor's mean action (sampled ones with --eval_sample True); logs eval_return,
+    eval_return_average/_std, eval_success_rate."""
     import replay as replay_lib
     agent.eval()
     recs = Collector(eval_envs).episodes(agent.policy, training=False, count=episodes)
@@ -485,7 +486,8 @@ def evaluate_only(config, explicit=frozenset()) -> None:
     if config.eval_distractor not in schedule:
         raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
     eval_envs = make_parallel(config, config.seed + 20_000, schedule[config.eval_distractor])
-    run_time = {k: config[k] for k in ('device', 'precision', 'compile', 'tf32', 'eval_state_mean', 'seed')}
+    run_time = {k: config[k] for k in ('device', 'precision', 'compile', 'tf32', 'eval_state_mean', 'eval_sample',
+                                       'seed')}
     agent, _, _ = agents.load_agent(path, run_time, state)
     if agent.action_size != eval_envs.action_size:
         raise ConfigError(f"The policy in '{path}' has {agent.action_size} actions but {config.task} has "
@@ -503,15 +505,16 @@ def evaluate_only(config, explicit=frozenset()) -> None:
         path = os.path.join(video, f'episode_{i:02d}.gif')
         imageio.mimsave(path, list(rec.episode()['image']), duration=1 / 25, loop=0)
         paths.append(path)
-    msg = (f"Evaluation of {config.checkpoint} on {config.task} ({schedule[config.eval_distractor]} distractors), "
-           f"{len(returns)} episodes: return {np.mean(returns):.1f} ± {np.std(returns):.1f}")
+    acting = 'sampled actions' if config.eval_sample else "the actor's mean action"
+    msg = (f"Evaluation of {config.checkpoint} on {config.task} ({schedule[config.eval_distractor]} distractors, "
+           f"{acting}), {len(returns)} episodes: return {np.mean(returns):.1f} ± {np.std(returns):.1f}")
     reports_success = any(rec.reports_success for rec in recs)   # success is only defined for DrawerWorld
     if reports_success:
         msg += f', success rate {np.mean(successes):.2f}'
     print(msg)
     print(f'  videos: {video} ({len(paths)} GIFs)')
-    result = dict(task=config.task, checkpoint=config.checkpoint, returns=returns, mean=float(np.mean(returns)),
-                  std=float(np.std(returns)))
+    result = dict(task=config.task, checkpoint=config.checkpoint, eval_sample=bool(config.eval_sample), returns=returns,
+                  mean=float(np.mean(returns)), std=float(np.std(returns)))
     if reports_success:
         result['success_rate'] = float(np.mean(successes))
     tools.atomic_write_bytes(os.path.join(logdir, 'eval_result.json'), json.dumps(result, indent=2).encode())

@@ -638,7 +638,7 @@ class Agent(nn.Module):
             embed = self.wm.video_rssm.feat(video)
         latent, _ = self.wm.rssm.obs_step(latent, self.wm.pad_action(action), embed, is_first, sample=sample)
         dist = self.behavior.actor(self.wm.rssm.feat(latent))
-        action = dist.sample() if training else dist.mode()
+        action = dist.sample() if training or self.config.eval_sample else dist.mode()
         if training and self.config.expl_amount > 0:
             action = (action + self.config.expl_amount * torch.randn_like(action)).clamp(-1, 1)
         return action.cpu().numpy(), (latent, action, video)

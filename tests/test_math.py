@@ -269,6 +269,32 @@ def test_evaluation_samples_the_latent_unless_eval_state_mean(state_mean):
     assert same == state_mean
 
 
+
+@pytest.mark.parametrize('eval_sample', [False, True])
+def test_eval_sample_acts_with_sampled_actions(eval_sample):
+    """--eval_sample True makes evaluation act with actions drawn from the actor (a diagnostic); by default it acts
+    with the actor's mean. Latents filtered with their means, so only the action can differ between seeds."""
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu',
+                                '--eval_state_mean', 'True', '--eval_sample', str(eval_sample)])
+    torch.manual_seed(0)
+    agent = agents.make_agent(config, 2)
+    obs = dict(image=np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8),
+               is_first=np.ones(1, bool))
+    actions = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        action, state = agent.policy(obs, None, training=False)
+        actions.append(action)
+    feat = agent.wm.rssm.feat(state[0])
+    mean = agent.behavior.actor(feat).mode().numpy()
+    assert np.all(np.abs(actions[0]) <= 1) and np.all(np.abs(actions[1]) <= 1)
+    if eval_sample:
+        assert not np.array_equal(actions[0], actions[1])
+        assert not np.allclose(actions[0], mean, atol=1e-3)
+    else:
+        assert np.array_equal(actions[0], actions[1])
+        np.testing.assert_allclose(actions[0], mean, atol=1e-6)
+
 def test_pretrained_rssm_without_gru_bias_loads(tmp_path):
     """A stage-1 rssm.pt written before the GRU bias existed still loads as a pretrained part (bias zero)."""
     config = tools.make_config(['--configs', 'defaults', '--beta_vae', 'True'])

@@ -51,7 +51,15 @@ def test_smoke_run_writes_everything(tmp_path):
     assert 'episodes: return' in out.stdout and '±' in out.stdout
     assert os.listdir(tmp_path / 'eval' / 'eval_videos') == ['episode_00.gif']
     result = json.load(open(tmp_path / 'eval' / 'eval_result.json'))
-    assert len(result['returns']) == 2
+    assert len(result['returns']) == 2 and result['eval_sample'] is False
+    assert "the actor's mean action" in out.stdout
+    # the same with actions sampled from the actor (--eval_sample True), said in the report and the result file
+    out = run(['--configs', 'defaults', 'dmc2gym', 'debug', '--task', 'dmc2gym_reacher_easy', '--mode', 'eval',
+               '--checkpoint', logdir, '--eval_episodes', '2', '--time_limit', '40', '--eval_sample', 'True',
+               '--logdir', str(tmp_path / 'eval_sampled'), '--eval_videos', '0', '--threads', '1'])
+    assert 'sampled actions' in out.stdout
+    result = json.load(open(tmp_path / 'eval_sampled' / 'eval_result.json'))
+    assert len(result['returns']) == 2 and result['eval_sample'] is True
 
 
 def test_same_seed_same_numbers(tmp_path):
