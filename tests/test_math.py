@@ -249,16 +249,21 @@ def test_gru_has_an_input_bias_and_loads_checkpoints_written_without_it():
     assert torch.allclose(fresh(x, h), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize('state_mean', [False, True])
-def test_evaluation_samples_the_latent_unless_eval_state_mean(state_mean):
-    """Evaluation acts with the actor's mean action; the filter samples its latent as in DreamerV2 unless
-    --eval_state_mean True, which makes evaluation deterministic given the observations."""
-    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu',
-                                '--eval_state_mean', str(state_mean)])
+def _acting_agent(*flags):
+    """A fresh debug-size DMC agent (seed 0) with `flags`, and a first observation to act on."""
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu', *flags])
     torch.manual_seed(0)
     agent = agents.make_agent(config, 2)
     obs = dict(image=np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8),
                is_first=np.ones(1, bool))
+    return agent, obs
+
+
+@pytest.mark.parametrize('state_mean', [False, True])
+def test_evaluation_samples_the_latent_unless_eval_state_mean(state_mean):
+    """Evaluation acts with the actor's mean action; the filter samples its latent as in DreamerV2 unless
+    --eval_state_mean True, which makes evaluation deterministic given the observations."""
+    agent, obs = _acting_agent('--eval_state_mean', str(state_mean))
     runs = []
     for seed in (1, 2):
         torch.manual_seed(seed)
@@ -269,17 +274,11 @@ def test_evaluation_samples_the_latent_unless_eval_state_mean(state_mean):
     assert same == state_mean
 
 
-
 @pytest.mark.parametrize('eval_sample', [False, True])
 def test_eval_sample_acts_with_sampled_actions(eval_sample):
     """--eval_sample True makes evaluation act with actions drawn from the actor (a diagnostic); by default it acts
     with the actor's mean. Latents filtered with their means, so only the action can differ between seeds."""
-    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu',
-                                '--eval_state_mean', 'True', '--eval_sample', str(eval_sample)])
-    torch.manual_seed(0)
-    agent = agents.make_agent(config, 2)
-    obs = dict(image=np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8),
-               is_first=np.ones(1, bool))
+    agent, obs = _acting_agent('--eval_state_mean', 'True', '--eval_sample', str(eval_sample))
     actions = []
     for seed in (1, 2):
         torch.manual_seed(seed)
