@@ -230,8 +230,10 @@ def eval_results_section(runs: list, root: str) -> str:
         except (OSError, ValueError):
             continue
         mean, std = result.get('mean', math.nan), result.get('std', math.nan)
+        acting = ' (sampled actions)' if result.get('eval_sample') else ''    # dreamer.py --eval_sample True
         rows.append([rel(run.path, root), ex.task_label(run.task), ex.method_label(run.method),
-                     run.config.get('eval_distractor', ''), len(result.get('returns', [])), f'{mean:.1f} ± {std:.1f}',
+                     run.config.get('eval_distractor', ''), len(result.get('returns', [])),
+                     f'{mean:.1f} ± {std:.1f}{acting}',
                      f"{100 * result['success_rate']:.0f}%" if 'success_rate' in result else '',   # DrawerWorld
                      result.get('checkpoint', '')])
     if not rows:

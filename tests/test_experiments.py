@@ -616,7 +616,8 @@ def test_report_is_self_contained_with_images_and_tables(synthetic, tmp_path):
                     duration=0.04, loop=0)
     (eval_dir / 'config.yaml').write_text('task: dmc2gym_walker_walk\nmethod_name: diswm\nmode: eval\nseed: 0\n')
     (eval_dir / 'eval_result.json').write_text(json.dumps(dict(task='dmc2gym_walker_walk', returns=[1, 3], mean=2.0,
-                                                               std=1.0, success_rate=0.0, checkpoint='c.pt')))
+                                                               std=1.0, success_rate=0.0, checkpoint='c.pt',
+                                                               eval_sample=True)))
     (root / 'disentanglement').mkdir()
     (root / 'disentanglement' / 'cheetah.md').write_text('| model | D |\n|---|---|\n| DisWM | 0.613 |\n\n'
                                                          'Heat maps: [DisWM](importance_diswm.png)\n')
@@ -633,7 +634,7 @@ def test_report_is_self_contained_with_images_and_tables(synthetic, tmp_path):
     assert '850.0 ± 40.8' in page and '≈915 (Fig. 4)' in page and '70.0 ± 10.0' in page
     assert '<td>0.613</td>' in page                             # the disentanglement table, as a table
     assert 'href="runs/disentanglement/importance_diswm.png"' in page   # the link still works beside the runs
-    assert '2.0 ± 1.0' in page                                  # the eval-only run
+    assert '2.0 ± 1.0 (sampled actions)' in page                # the eval-only run (--eval_sample True)
     assert 'K = 3' in page
 
 
