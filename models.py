@@ -637,11 +637,16 @@ class Agent(nn.Module):
                                                    embed, is_first, sample=False)
             embed = self.wm.video_rssm.feat(video)
         latent, _ = self.wm.rssm.obs_step(latent, self.wm.pad_action(action), embed, is_first, sample=sample)
-        dist = self.behavior.actor(self.wm.rssm.feat(latent))
+        action = self.act(self.behavior.actor(self.wm.rssm.feat(latent)), training)
+        return action.cpu().numpy(), (latent, action, video)
+
+    def act(self, dist, training: bool) -> torch.Tensor:
+        """The action from the actor's distribution: a sample in training (plus `expl_amount` noise) and with
+        `--eval_sample True`, else its mean."""
         action = dist.sample() if training or self.config.eval_sample else dist.mode()
         if training and self.config.expl_amount > 0:
             action = (action + self.config.expl_amount * torch.randn_like(action)).clamp(-1, 1)
-        return action.cpu().numpy(), (latent, action, video)
+        return action
 
     def optimizer_state(self) -> dict:
         return {o.name: o.state_dict() for o in (self.model_opt, self.actor_opt, self.critic_opt)}

@@ -538,10 +538,7 @@ class Vid2ActAgent(models.Agent):
                                                   sample=sample, label=onehot)
         teacher_feat = teacher.rssm.feat(teacher_latent).reshape(K, batch, -1)
         k_star = part.weights(teacher_feat, feat).argmax(-1)
-        dist = self.behavior.actor(self.behavior.actor_input(feat, k_star))
-        action = dist.sample() if training or self.config.eval_sample else dist.mode()   # as models.Agent.policy
-        if training and self.config.expl_amount > 0:
-            action = (action + self.config.expl_amount * torch.randn_like(action)).clamp(-1, 1)
+        action = self.act(self.behavior.actor(self.behavior.actor_input(feat, k_star)), training)
         return action.cpu().numpy(), (latent, action, teacher_latent)
 
 
