@@ -6,6 +6,7 @@ actually followed. The checks of docs/learning.md's investigation, for a run tha
     python scripts/diagnose.py RUN --episodes 8 --window 200 --horizons 1,5,10,15,20,40
     python scripts/diagnose.py RUN --gradients bf16 --threads 2           # one update's gradients, bf16 vs fp32
     python scripts/diagnose.py RUN --gradients bf16 --terms               # ... and per world-model loss term
+    python scripts/diagnose.py RUN --source eval --episodes 10 --imagine  # its last evaluation, per episode
 
 Rewards are per agent step (the sum over `action_repeat` env steps), as the model sees them. The realized return at
 step t is sum_k discount^k r[t+k] up to the episode's end; it is compared with the critic only for steps whose
@@ -19,6 +20,13 @@ as the yardstick, the cosine between fp32 gradients of two different seeds (the 
 `--terms` adds the same figures for each world-model loss term's share of each part it reaches (`encoder/image`,
 `encoder/kl`, `rssm/reward`, ...): which term a disagreement comes from, and whether terms cancel (the part's norm
 well below its terms' norms).
+
+`--imagine` adds, per episode (sorted by return), what the actor's imagination expects from the states the episode
+visited against what followed: imagined against real rewards over the imagination horizon, and the imagined
+lambda-return and the critic's value against the realized discounted return. Imagination and values far above
+the episode in its low-return episodes only is the world model misjudging the states those episodes reach, and the
+actor then has no reason to avoid them (docs/learning.md, "Why cheetah_run fell after 30k"). `--source eval` reads
+the run's evaluation episodes (the mean-action policy) instead of its training episodes.
 """
 from __future__ import annotations
 
@@ -100,6 +108,67 @@ def diagnose(agent, episodes: list[dict], window: int, horizons: list[int], cont
                 value_steps=len(values), value_mean=float(values.mean()) if len(values) else float('nan'),
                 return_mean=float(realized.mean()) if len(realized) else float('nan'),
                 value_corr=corr(realized, values))
+
+
+def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10) -> list[dict]:
+    """Per episode: what the agent's imagination expects from the states it visited, against what followed.
+
+    From the posterior state at every `stride`-th step of each `window` (observed from a fresh state, steps after the
+    first 10), the actor is rolled `imag_horizon` steps through the world model as in training (sampled actions) and
+    the imagined rewards r(s_0) ... r(s_{H-1}) are compared with the episode's rewards over the same H steps, the
+    imagined lambda-return at s_0 (the actor's objective) and the critic's value with the realized discounted return.
+    Each row: return (the episode's sum of rewards), reward (its mean per agent step), predicted (the reward head on
+    the observed states), imagined / followed (mean reward per step over the H imagined and the H real steps),
+    lambda_return, value, realized (means over the start states whose remaining episode covers the return's tail)."""
+    import torch
+
+    import tools
+    wm, behavior, config = agent.wm, agent.behavior, agent.config
+    horizon, context = config.imag_horizon, 10
+    tail = int(np.ceil(np.log(0.05) / np.log(config.discount)))
+    rows = []
+    with torch.no_grad():
+        for ep in episodes:
+            length = len(ep['reward'])
+            returns = discounted_returns(ep['reward'].astype(np.float64), config.discount)
+            predicted, imagined, followed, lam, value, realized = [], [], [], [], [], []
+            for start in range(0, length - window + 1, window):
+                data = {k: torch.as_tensor(ep[k][start:start + window][None]) for k in
+                        ('image', 'action', 'reward', 'is_first')}
+                data = {k: v if k == 'image' else v.float() for k, v in data.items()}
+                data['is_first'][0, 0] = 1.0
+                out = wm.observe(data, sample=False)
+                predicted.append(wm.reward(wm.rssm.feat(out['post']))[0, 1:].numpy())
+                index = np.arange(context, window - horizon + 1, stride)
+                first = {k: v[0, index] for k, v in out['post'].items()}
+                feats, _ = behavior.imagine(wm, first, horizon)                      # (H+1, N, F)
+                reward = agent.reward_fn(feats)                                       # (H, N)
+                target = tools.lambda_return(reward, behavior.slow_critic(feats[1:]),
+                                             torch.full_like(reward, config.discount), config.discount_lambda)
+                steps = start + index
+                imagined.append(reward.mean(0).numpy())
+                followed.append(np.array([ep['reward'][t:t + horizon].mean() for t in steps]))
+                keep = steps + tail <= length
+                lam.append(target[0].numpy()[keep])
+                value.append(behavior.critic(feats[0]).numpy()[keep])
+                realized.append(returns[steps[keep]])
+            cat = np.concatenate
+            rows.append(dict(ret=float(ep['reward'].sum()), reward=float(ep['reward'][1:].mean()),
+                             predicted=float(cat(predicted).mean()), imagined=float(cat(imagined).mean()),
+                             followed=float(cat(followed).mean()), lambda_return=float(cat(lam).mean()),
+                             value=float(cat(value).mean()), realized=float(cat(realized).mean())))
+    return rows
+
+
+def imagination_report(rows: list[dict], horizon: int) -> str:
+    lines = [f'imagination from visited states ({horizon} steps, sampled actions), per episode by return; per agent '
+             'step: reward, predicted on observed states, imagined vs the real rewards that followed; values: the '
+             'imagined lambda-return and the critic vs the realized discounted return',
+             '  return | reward  predicted | imagined  followed | lambda-return  critic  realized']
+    for r in sorted(rows, key=lambda r: r['ret']):
+        lines.append(f"  {r['ret']:6.1f} | {r['reward']:.3f}  {r['predicted']:.3f} | {r['imagined']:.3f}  "
+                     f"{r['followed']:.3f} | {r['lambda_return']:6.2f}  {r['value']:6.2f}  {r['realized']:6.2f}")
+    return '\n'.join(lines)
 
 
 GRADIENT_PARTS = ('encoder', 'decoder', 'rssm', 'reward', 'actor', 'critic')
@@ -209,7 +278,9 @@ def report(result: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('run', help='a run folder (or its checkpoint.pt)')
-    parser.add_argument('--episodes', type=int, default=4, help='the last N training episodes')
+    parser.add_argument('--episodes', type=int, default=4, help='the last N episodes')
+    parser.add_argument('--source', default='train', choices=['train', 'eval'],
+                        help='the run\'s training episodes (sampled actions) or its evaluation episodes')
     parser.add_argument('--window', type=int, default=200, help='agent steps observed from a fresh state')
     parser.add_argument('--horizons', default='1,5,10,15,20,40', help='open-loop steps ahead')
     parser.add_argument('--threads', type=int, default=1)
@@ -219,6 +290,9 @@ def main(argv=None) -> int:
     parser.add_argument('--seeds', type=int, default=4, help='--gradients: seeds (RNG streams) compared')
     parser.add_argument('--terms', action='store_true',
                         help='--gradients: also each world-model loss term\'s share of each world-model part')
+    parser.add_argument('--imagine', action='store_true',
+                        help='also, per episode: the actor\'s imagined rewards and returns from the visited states '
+                             'against what followed (model exploitation: imagination better than the episodes)')
     args = parser.parse_args(argv)
     import torch
 
@@ -231,10 +305,10 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f'Error: {e}', file=sys.stderr)
         return 2
-    folder = os.path.join(os.path.dirname(ckpt), 'train_eps')
+    folder = os.path.join(os.path.dirname(ckpt), f'{args.source}_eps')
     files = sorted(glob.glob(os.path.join(folder, '*.npz')))[-args.episodes:]
     if not files:
-        print(f"Error: no training episodes in '{folder}'.", file=sys.stderr)
+        print(f"Error: no episodes in '{folder}'.", file=sys.stderr)
         return 2
     episodes = [dict(np.load(f)) for f in files]
     if args.gradients:
@@ -248,6 +322,8 @@ def main(argv=None) -> int:
     horizons = [int(h) for h in args.horizons.split(',') if h]
     print(f'{ckpt}: {len(files)} episodes, windows of {window} agent steps')
     print(report(diagnose(agent, episodes, window, horizons)))
+    if args.imagine:
+        print(imagination_report(imagination_check(agent, episodes, window), config.imag_horizon))
     return 0
 
 

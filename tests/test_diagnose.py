@@ -144,3 +144,64 @@ def test_diagnose_rebuilds_the_agent_eager_on_the_cpu(monkeypatch, capsys):
     assert diagnose.main(['some/run', '--gradients', 'bf16']) == 2
     assert seen == {'path': 'some/run', 'overrides': {'device': 'cpu', 'compile': False}}
     assert 'stop here' in capsys.readouterr().err
+
+
+def test_imagination_check_matches_a_slow_computation(monkeypatch):
+    """Per-episode imagination check: with a deterministic imagination (mean actions, prior means) it equals a loop
+    over every start state, one at a time, with the lambda-return written out as its recursion."""
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu', '--units', '32',
+                                '--dyn_deter', '32', '--dyn_hidden', '32', '--dyn_stoch', '8', '--cnn_depth', '8',
+                                '--imag_horizon', '3', '--discount', '0.75'])
+    torch.manual_seed(0)
+    agent = agents.make_agent(config, 2).eval()
+    wm, behavior = agent.wm, agent.behavior
+
+    def imagine(wm, start, horizon, ctx=None):      # deterministic: what the check does with the rollouts is tested
+        state = {k: v.reshape(-1, v.shape[-1]) for k, v in start.items()}
+        feats = [wm.rssm.feat(state)]
+        for _ in range(horizon):
+            state = wm.rssm.img_step(state, wm.pad_action(behavior.actor(feats[-1]).mean), sample=False)
+            feats.append(wm.rssm.feat(state))
+        return torch.stack(feats, 0), None
+
+    monkeypatch.setattr(behavior, 'imagine', imagine)
+    rng = np.random.default_rng(3)
+    length, window, stride, horizon = 60, 30, 10, 3
+    episodes = [dict(image=rng.integers(0, 255, (length, 64, 64, 3), dtype=np.uint8),
+                     action=rng.uniform(-1, 1, (length, 2)).astype(np.float32),
+                     reward=rng.uniform(0, 2, length).astype(np.float32), is_first=np.eye(1, length, dtype=bool)[0])
+                for _ in range(2)]
+    rows = diagnose.imagination_check(agent, episodes, window, stride)
+    tail = int(np.ceil(np.log(0.05) / np.log(config.discount)))            # 11 steps
+    with torch.no_grad():
+        for ep, row in zip(episodes, rows):
+            realized_all = diagnose.discounted_returns(ep['reward'].astype(np.float64), config.discount)
+            predicted, imagined, followed, lam, value, realized = [], [], [], [], [], []
+            for start in (0, window):
+                data = {k: torch.as_tensor(ep[k][start:start + window][None]) for k in ('image', 'action', 'reward')}
+                data = dict(image=data['image'], action=data['action'].float(), reward=data['reward'].float(),
+                            is_first=torch.zeros(1, window).index_fill_(1, torch.tensor([0]), 1.0))
+                post = wm.observe(data, sample=False)['post']
+                predicted += [float(r) for r in wm.reward(wm.rssm.feat(post))[0, 1:]]
+                for i in (10, 20):                           # steps 10 .. window - horizon, every 10th
+                    feats, _ = imagine(wm, {k: v[0, i:i + 1] for k, v in post.items()}, horizon)
+                    r = [float(wm.reward(feats[t])[0]) for t in range(horizon)]
+                    v_next = [float(behavior.slow_critic(feats[t])[0]) for t in range(1, horizon + 1)]
+                    g = r[-1] + config.discount * v_next[-1]
+                    for t in range(horizon - 2, -1, -1):
+                        g = r[t] + config.discount * ((1 - config.discount_lambda) * v_next[t]
+                                                      + config.discount_lambda * g)
+                    imagined.append(np.mean(r))
+                    followed.append(ep['reward'][start + i:start + i + horizon].mean())
+                    if start + i + tail <= length:
+                        lam.append(g)
+                        value.append(float(behavior.critic(feats[0])[0]))
+                        realized.append(realized_all[start + i])
+            assert len(lam) == 3                             # starts 10, 20, 40 have an 11-step tail; 50 has not
+            assert np.isclose(row['ret'], ep['reward'].sum(), rtol=1e-6)
+            assert np.isclose(row['reward'], ep['reward'][1:].mean(), rtol=1e-6)
+            for key, slow in (('predicted', predicted), ('imagined', imagined), ('followed', followed),
+                              ('lambda_return', lam), ('value', value), ('realized', realized)):
+                assert np.isclose(row[key], np.mean(slow), rtol=1e-4, atol=1e-6), key
+    text = diagnose.imagination_report(rows, horizon)
+    assert len(text.splitlines()) == 2 + len(episodes) and 'lambda-return' in text
