@@ -7,6 +7,7 @@ actually followed. The checks of docs/learning.md's investigation, for a run tha
     python scripts/diagnose.py RUN --gradients bf16 --threads 2           # one update's gradients, bf16 vs fp32
     python scripts/diagnose.py RUN --gradients bf16 --terms               # ... and per world-model loss term
     python scripts/diagnose.py RUN --source eval --episodes 10 --imagine  # its last evaluation, per episode
+    python scripts/diagnose.py RUN --source eval --episodes 10 --imagine --frames imagination.png
 
 Rewards are per agent step (the sum over `action_repeat` env steps), as the model sees them. The realized return at
 step t is sum_k discount^k r[t+k] up to the episode's end; it is compared with the critic only for steps whose
@@ -26,7 +27,9 @@ visited against what followed: imagined against real rewards over the imaginatio
 lambda-return and the critic's value against the realized discounted return. Imagination and values far above
 the episode in its low-return episodes only is the world model misjudging the states those episodes reach, and the
 actor then has no reason to avoid them (docs/learning.md, "Why cheetah_run fell after 30k"). `--source eval` reads
-the run's evaluation episodes (the mean-action policy) instead of its training episodes.
+the run's evaluation episodes (the mean-action policy) instead of its training episodes. `--frames PNG` draws, for
+the lowest- and highest-return episode, the real frames from agent step `--frames_start` on above two rollouts the
+actor imagines from the same posterior state: what the world model believes happens next.
 """
 from __future__ import annotations
 
@@ -171,6 +174,30 @@ def imagination_report(rows: list[dict], horizon: int) -> str:
     return '\n'.join(lines)
 
 
+def imagination_frames(agent, episode: dict, start: int, horizon: int = 45, samples: int = 2, every: int = 5,
+                       context: int = 150) -> np.ndarray:
+    """An image (uint8, rows x 64 by columns x 64): the first row the episode's frames start, start + every, ...,
+    start + horizon; below it `samples` rollouts of the actor imagined from the posterior state at `start`
+    (observed from max(0, start - context)), decoded at the same steps."""
+    import torch
+
+    wm = agent.wm
+    first = max(0, start - context)
+    with torch.no_grad():
+        data = {k: torch.as_tensor(episode[k][first:start + 1][None]) for k in ('image', 'action', 'reward',
+                                                                               'is_first')}
+        data = {k: v if k == 'image' else v.float() for k, v in data.items()}
+        data['is_first'][0, 0] = 1.0
+        post = wm.observe(data, sample=False)['post']
+        state = {k: v[:, -1].expand(samples, *v.shape[2:]) for k, v in post.items()}
+        feats, _ = agent.behavior.imagine(wm, state, horizon)                  # (H+1, samples, F)
+        imagined = (wm.decoder(feats[::every]).float() + 0.5).clamp(0, 1).numpy()
+    real = episode['image'][start:start + horizon + 1:every]
+    rows = [np.concatenate(list(real), 1)]
+    rows += [np.concatenate(list((imagined[:len(real), i] * 255).round().astype(np.uint8)), 1) for i in range(samples)]
+    return np.concatenate(rows, 0)
+
+
 GRADIENT_PARTS = ('encoder', 'decoder', 'rssm', 'reward', 'actor', 'critic')
 
 
@@ -290,6 +317,10 @@ def main(argv=None) -> int:
     parser.add_argument('--seeds', type=int, default=4, help='--gradients: seeds (RNG streams) compared')
     parser.add_argument('--terms', action='store_true',
                         help='--gradients: also each world-model loss term\'s share of each world-model part')
+    parser.add_argument('--frames', default=None, metavar='PNG',
+                        help='with --imagine: also write the lowest- and highest-return episodes\' frames from '
+                             '--frames_start on, each above two imagined rollouts from the same state, to this PNG')
+    parser.add_argument('--frames_start', type=int, default=150, help='--frames: the agent step imagination starts at')
     parser.add_argument('--imagine', action='store_true',
                         help='also, per episode: the actor\'s imagined rewards and returns from the visited states '
                              'against what followed (model exploitation: imagination better than the episodes)')
@@ -324,6 +355,16 @@ def main(argv=None) -> int:
     print(report(diagnose(agent, episodes, window, horizons)))
     if args.imagine:
         print(imagination_report(imagination_check(agent, episodes, window), config.imag_horizon))
+        if args.frames:
+            from PIL import Image
+            ordered = sorted(episodes, key=lambda ep: float(ep['reward'].sum()))
+            picks = ordered[:1] + ordered[-1:] if len(ordered) > 1 else ordered
+            start = min(args.frames_start, min(len(ep['reward']) for ep in picks) - 46)
+            strips = [imagination_frames(agent, ep, start) for ep in picks]
+            gap = np.full((8, strips[0].shape[1], 3), 255, np.uint8)
+            Image.fromarray(np.concatenate([x for s in strips for x in (s, gap)][:-1], 0)).save(args.frames)
+            print(f'frames: {args.frames} (returns ' + ', '.join(f"{float(ep['reward'].sum()):.1f}" for ep in picks) +
+                  f'; agent steps {start}-{start + 45}: each episode\'s real frames above two imagined rollouts)')
     return 0
 
 

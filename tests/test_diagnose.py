@@ -205,3 +205,28 @@ def test_imagination_check_matches_a_slow_computation(monkeypatch):
                 assert np.isclose(row[key], np.mean(slow), rtol=1e-4, atol=1e-6), key
     text = diagnose.imagination_report(rows, horizon)
     assert len(text.splitlines()) == 2 + len(episodes) and 'lambda-return' in text
+
+
+def test_imagination_frames_put_the_episode_above_its_imagined_rollouts():
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu', '--units', '32',
+                                '--dyn_deter', '32', '--dyn_hidden', '32', '--dyn_stoch', '8', '--cnn_depth', '8'])
+    torch.manual_seed(0)
+    agent = agents.make_agent(config, 2).eval()
+    rng = np.random.default_rng(4)
+    length = 40
+    episode = dict(image=rng.integers(0, 255, (length, 64, 64, 3), dtype=np.uint8),
+                   action=rng.uniform(-1, 1, (length, 2)).astype(np.float32),
+                   reward=rng.uniform(0, 2, length).astype(np.float32), is_first=np.eye(1, length, dtype=bool)[0])
+    image = diagnose.imagination_frames(agent, episode, start=12, horizon=10, samples=3, every=5, context=4)
+    assert image.shape == (4 * 64, 3 * 64, 3) and image.dtype == np.uint8       # steps 12, 17, 22; 1 + 3 rows
+    assert np.array_equal(image[:64], np.concatenate([episode['image'][t] for t in (12, 17, 22)], 1))
+    torch.manual_seed(1)
+    with torch.no_grad():                    # the first imagined column decodes the posterior state at step 12
+        data = {k: torch.as_tensor(episode[k][8:13][None]) for k in ('image', 'action', 'reward')}
+        data = dict(image=data['image'], action=data['action'].float(), reward=data['reward'].float(),
+                    is_first=torch.tensor([[1.0, 0, 0, 0, 0]]))
+        post = agent.wm.observe(data, sample=False)['post']
+        frame = (agent.wm.decoder(agent.wm.rssm.feat({k: v[:, -1] for k, v in post.items()})) + 0.5).clamp(0, 1)
+    expected = (frame[0].numpy() * 255).round().astype(np.uint8)
+    for row in (1, 2, 3):
+        assert np.abs(image[row * 64:(row + 1) * 64, :64].astype(int) - expected).max() <= 1
