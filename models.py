@@ -28,8 +28,8 @@ from methods import METHOD_SPECS, MethodSpec  # noqa: F401  (the methods are dec
 # The config keys that shape the networks, listed once. Whatever is rebuilt from saved weights takes them from what
 # was saved: an agent from its checkpoint's config (`agents.load_agent`; eval-only runs take them over too), the
 # Vid2Act teacher from `sizes` in its meta, the video model's files from meta.json.
-WORLD_MODEL_KEYS = ('dyn_stoch', 'dyn_deter', 'dyn_hidden', 'dyn_cell', 'dyn_min_std', 'cnn_depth', 'units',
-                    'reward_layers')
+WORLD_MODEL_KEYS = ('dyn_stoch', 'dyn_deter', 'dyn_hidden', 'dyn_cell', 'dyn_min_std', 'dyn_discrete', 'cnn_depth',
+                    'units', 'reward_layers')
 VIDEO_MODEL_KEYS = WORLD_MODEL_KEYS + ('z_dim', 'pretrain_action_num')
 ARCHITECTURE_KEYS = ('method_name', 'beta_vae', 'release_compat') + VIDEO_MODEL_KEYS + (
     'value_layers', 'actor_layers', 'actor_min_std', 'source_action_num', 'action_num_gap',   # behaviour, DV2 Finetune
@@ -227,7 +227,7 @@ class WorldModel(nn.Module):
         self.encoder = networks.BetaVAEEncoder(config.z_dim) if config.beta_vae else networks.ConvEncoder(
             config.cnn_depth)
         rssm_kwargs = dict(stoch=config.dyn_stoch, deter=config.dyn_deter, hidden=config.dyn_hidden,
-                           cell=config.dyn_cell, min_std=config.dyn_min_std)
+                           cell=config.dyn_cell, min_std=config.dyn_min_std, discrete=config.dyn_discrete)
         embed = self.encoder.embed_size
         if spec.video_stack:
             self.video_rssm = networks.RSSM(action_size=config.pretrain_action_num, embed_size=embed, **rssm_kwargs)
@@ -257,7 +257,7 @@ class WorldModel(nn.Module):
         for name in self.spec.load:
             adapt = None
             if name == 'rssm':
-                adapt = lambda s: _widen_action_input(s, self.config.dyn_stoch, self.rssm_action_size)
+                adapt = lambda s: _widen_action_input(s, self.rssm.stoch_size, self.rssm_action_size)
             load_checkpoint_part(directory, name, getattr(self, name), self.config, adapt)
         if self.video_rssm is not None:
             load_checkpoint_part(directory, 'rssm', self.video_rssm, self.config)
@@ -312,11 +312,13 @@ class WorldModel(nn.Module):
                 metrics['intr_magnitude'] = self.intrinsic.magnitude.float()
             out['reward_target'] = target
             terms['reward'] = (tools.gaussian_nll(self.reward(reward_feat), target, 0).mean(), cfg.reward_scale)
-        kl_loss, kl_value = tools.balanced_kl(out['post'], out['prior'], cfg.kl_balance, cfg.kl_free, cfg.kl_scale)
+        kl_loss, kl_value = tools.balanced_kl(out['post'], out['prior'], cfg.kl_balance, cfg.kl_free, cfg.kl_scale,
+                                               self.rssm.classes)
         terms['kl'] = (kl_loss, 1.0)
         metrics['kl_value'] = kl_value
         if out['video'] is not None:
-            video_kl, video_value = tools.balanced_kl(*out['video'], cfg.kl_balance, cfg.kl_free, cfg.kl_scale)
+            video_kl, video_value = tools.balanced_kl(*out['video'], cfg.kl_balance, cfg.kl_free, cfg.kl_scale,
+                                                           self.video_rssm.classes)
             terms['video_kl'] = (video_kl, 1.0)
             metrics['video_kl_value'] = video_value
         for part in self.parts:

@@ -147,25 +147,42 @@ class GRUCell(nn.Module):
         return update * cand + (1 - update) * state
 
 
+def categorical_straight_through(logit: torch.Tensor, classes: int, sample: bool) -> torch.Tensor:
+    """One-hot sample (Gumbel-max: an exact categorical draw) or mode of each group of `classes` logits along the
+    last dim, flattened back; its gradient is that of the class probabilities (straight-through, DreamerV2)."""
+    shape = logit.shape
+    logit = logit.float().reshape(*shape[:-1], shape[-1] // classes, classes)
+    probs = torch.softmax(logit, -1)
+    score = logit - torch.log(-torch.log(torch.rand_like(logit).clamp_min(1e-20))) if sample else logit
+    onehot = F.one_hot(score.argmax(-1), classes).to(probs.dtype)
+    return (onehot + (probs - probs.detach())).reshape(shape)      # exactly one-hot in the forward pass
+
+
 class RSSM(nn.Module):
-    """Gaussian recurrent state-space model (DreamerV2, continuous latents).
+    """Recurrent state-space model (DreamerV2) with Gaussian latents (`discrete=0`, the release's and this project's
+    default) or categorical ones (`discrete=K`: `stoch` variables of K classes each, as official DreamerV2's 32 x 32).
 
     The action-conditioned path (`observe`, `imagine`) and the action-free path of the video model
     (`observe_action_free`: zero actions, distribution mode instead of samples) share one set of weights and one scan.
-    A state is a dict of `mean`, `std`, `stoch` (B, stoch) and `deter` (B, deter).
+    A state is a dict of `stoch` (B, stoch_size) and `deter` (B, deter) plus its distribution: `mean` and `std`
+    (B, stoch) for Gaussian latents, `logit` (B, stoch * K) for categorical ones, whose `stoch` is the one-hot sample
+    (or mode) with straight-through gradients (the class probabilities' gradient), flattened to stoch * K.
     """
 
     def __init__(self, stoch=50, deter=200, hidden=200, action_size=6, embed_size=20, cell='gru_layer_norm',
-                 min_std=0.1, label_size=0):
+                 min_std=0.1, label_size=0, discrete=0):
         super().__init__()
-        self.stoch_size, self.deter_size, self.action_size = stoch, deter, action_size
+        self.variables, self.classes = stoch, discrete
+        self.stoch_size = stoch * discrete if discrete else stoch
+        self.deter_size, self.action_size = deter, action_size
         self.embed_size, self.min_std, self.label_size = embed_size, min_std, label_size
-        self.img_in = nn.Sequential(nn.Linear(stoch + action_size + label_size, hidden), nn.ELU())
+        stats = self.stoch_size if discrete else 2 * stoch
+        self.img_in = nn.Sequential(nn.Linear(self.stoch_size + action_size + label_size, hidden), nn.ELU())
         if cell not in ('gru', 'gru_layer_norm'):
             raise tools.ConfigError(f"Unknown --dyn_cell '{cell}' (use gru or gru_layer_norm).")
         self.cell = GRUCell(hidden, deter, norm=cell == 'gru_layer_norm')
-        self.img_out = nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, 2 * stoch))
-        self.obs_out = nn.Sequential(nn.Linear(deter + embed_size, hidden), nn.ELU(), nn.Linear(hidden, 2 * stoch))
+        self.img_out = nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, stats))
+        self.obs_out = nn.Sequential(nn.Linear(deter + embed_size, hidden), nn.ELU(), nn.Linear(hidden, stats))
 
     @property
     def feat_size(self) -> int:
@@ -174,14 +191,17 @@ class RSSM(nn.Module):
     def initial(self, batch: int, device=None) -> dict:
         device = device or self.img_out[0].weight.device
         zeros = lambda n: torch.zeros(batch, n, device=device)
-        return dict(mean=zeros(self.stoch_size), std=zeros(self.stoch_size), stoch=zeros(self.stoch_size),
-                    deter=zeros(self.deter_size))
+        dist = dict(logit=zeros(self.stoch_size)) if self.classes else dict(mean=zeros(self.stoch_size),
+                                                                             std=zeros(self.stoch_size))
+        return dict(dist, stoch=zeros(self.stoch_size), deter=zeros(self.deter_size))
 
     @staticmethod
     def feat(state: dict) -> torch.Tensor:
         return torch.cat([state['stoch'], state['deter']], -1)
 
     def _dist(self, stats: torch.Tensor, sample: bool) -> dict:
+        if self.classes:
+            return dict(logit=stats, stoch=categorical_straight_through(stats, self.classes, sample))
         mean, raw = stats.chunk(2, -1)
         std = tools.gaussian_std(raw, self.min_std)
         stoch = mean + std * torch.randn_like(std) if sample else mean

@@ -313,7 +313,7 @@ POSITIVE_KEYS = {
     'time_limit': 1, 'train_every': 1, 'train_steps': 1, 'prefill_updates': 0, 'prefill': 0, 'dataset_size': 0,
     'threads': 0, 'checkpoint_every': 1e-3, 'pretrain_steps': 1, 'pretrain_save_every': 1, 'imag_horizon': 1,
     'dyn_stoch': 1, 'dyn_deter': 1, 'dyn_hidden': 1, 'cnn_depth': 1, 'units': 1, 'z_dim': 1, 'model_lr': 0,
-    'actor_lr': 0, 'value_lr': 0, 'grad_clip': 0, 'eval_videos': 0, 'slow_target_update': 1,
+    'actor_lr': 0, 'value_lr': 0, 'grad_clip': 0, 'eval_videos': 0, 'slow_target_update': 1, 'dyn_discrete': 0,
 }
 
 
@@ -462,16 +462,32 @@ def normal_kl(mean1, std1, mean2, std2) -> torch.Tensor:
     return 0.5 * (var_ratio + ((mean1 - mean2) / std2) ** 2 - 1 - torch.log(var_ratio)).sum(-1)
 
 
-def balanced_kl(post: dict, prior: dict, balance: float, free: float, scale: float):
-    """DreamerV2 KL balancing with free nats applied to the batch mean.
+def categorical_kl(logit1, logit2, classes: int) -> torch.Tensor:
+    """KL(Cat(logit1) || Cat(logit2)) per group of `classes` logits along the last dim, summed over the groups."""
+    shape = logit1.shape[:-1] + (logit1.shape[-1] // classes, classes)
+    log1 = torch.log_softmax(logit1.float().reshape(shape), -1)
+    log2 = torch.log_softmax(logit2.float().reshape(shape), -1)
+    return (log1.exp() * (log1 - log2)).sum((-2, -1))
+
+
+def state_kl(state1: dict, state2: dict, classes: int = 0) -> torch.Tensor:
+    """KL between two RSSM states' latent distributions, summed over the latent dims: Gaussian (`mean`, `std`) or,
+    with `classes` > 0, categorical (`logit`, groups of `classes`)."""
+    if classes:
+        return categorical_kl(state1['logit'], state2['logit'], classes)
+    return normal_kl(state1['mean'], state1['std'], state2['mean'], state2['std'])
+
+
+def balanced_kl(post: dict, prior: dict, balance: float, free: float, scale: float, classes: int = 0):
+    """DreamerV2 KL balancing with free nats applied to the batch mean (`classes`: see `state_kl`).
 
     balance * max(mean KL(sg(post) || prior), free) + (1 - balance) * max(mean KL(post || sg(prior)), free).
     Returns (loss, mean KL value) where the value is the plain KL(post || prior).
     """
     sg = lambda s: {k: v.detach() for k, v in s.items()}
     post_sg, prior_sg = sg(post), sg(prior)
-    lhs = normal_kl(post_sg['mean'], post_sg['std'], prior['mean'], prior['std']).mean()
-    rhs = normal_kl(post['mean'], post['std'], prior_sg['mean'], prior_sg['std']).mean()
+    lhs = state_kl(post_sg, prior, classes).mean()
+    rhs = state_kl(post, prior_sg, classes).mean()
     free_t = torch.tensor(free, device=lhs.device, dtype=lhs.dtype)
     loss = balance * torch.maximum(lhs, free_t) + (1 - balance) * torch.maximum(rhs, free_t)
     return scale * loss, rhs.detach()

@@ -247,7 +247,8 @@ class LabelledWorldModel(nn.Module):
         self.encoder = networks.ConvEncoder(sizes['cnn_depth'], in_channels=3 + num_labels)
         self.rssm = networks.RSSM(stoch=sizes['dyn_stoch'], deter=sizes['dyn_deter'], hidden=sizes['dyn_hidden'],
                                   action_size=action_size, embed_size=self.encoder.embed_size, cell=sizes['dyn_cell'],
-                                  min_std=sizes['dyn_min_std'], label_size=num_labels)
+                                  min_std=sizes['dyn_min_std'], label_size=num_labels,
+                                  discrete=sizes.get('dyn_discrete', 0))
         feat = self.rssm.feat_size
         if heads:
             self.decoder = networks.ConvDecoder(feat + num_labels, sizes['cnn_depth'])
@@ -289,7 +290,8 @@ class LabelledWorldModel(nn.Module):
         reward_nll = tools.gaussian_nll(self.reward(cond), data['reward'], 0).mean(1)        # (N,)
         mask = data['reward_mask']
         reward_loss = (reward_nll * mask).sum() / mask.sum().clamp_min(1.0)
-        kl_loss, kl_value = tools.balanced_kl(post, prior, config.kl_balance, config.kl_free, config.kl_scale)
+        kl_loss, kl_value = tools.balanced_kl(post, prior, config.kl_balance, config.kl_free, config.kl_scale,
+                                              self.rssm.classes)
         terms = {'image': (image_nll.mean(), 1.0), 'reward': (reward_loss, config.reward_scale), 'kl': (kl_loss, 1.0)}
         total, metrics = tools.weighted_terms(terms)
         metrics['kl_value'] = kl_value

@@ -68,6 +68,7 @@ def child(args) -> dict:
     argv = ['--configs', 'defaults', 'dmc2gym', '--batch_size', str(B), '--batch_length', str(L), '--device',
             args.device, '--precision', args.precision, '--compile', str(args.compile), '--tf32', str(args.tf32),
             '--logdir', os.path.join(tmp, 'run'), '--seed', '0', '--malloc_cache', str(args.malloc_cache)]
+    argv += list(args.extra)
     if args.mode == 'diswm':
         video = models.WorldModel(tools.make_config(argv + ['--beta_vae_pretrain', 'True', '--beta_vae', 'True']), 2,
                                   models.METHOD_SPECS['pretrain'])
@@ -117,6 +118,9 @@ def child(args) -> dict:
 
         prepare = agent.training_batch
 
+    # parameters the update trains (an agent keeps them frozen between updates; the slow critic and a teacher never)
+    params = sum(p.numel() for name, p in (wm if args.mode == 'pretrain' else agent).named_parameters()
+                 if not name.startswith('behavior.slow_critic.') and '.teacher.' not in name)
     data = [batch() for _ in range(2)]
     for i in range(args.warmup):
         update(prepare(data[i % 2]))
@@ -143,7 +147,7 @@ def child(args) -> dict:
             update(prepare(data[0]))
         flops = counter.get_total_flops()
     profiled = profile_update(lambda: update(prepare(data[0])), cuda) if args.profile else {}
-    return dict(**profiled, mode=args.mode, batch=B, length=L, s_per_update=median,
+    return dict(**profiled, mode=args.mode, batch=B, length=L, params=params, s_per_update=median,
                 s_world_model=statistics.median(wm_times) if wm_times else median,
                 s_behavior=statistics.median(beh_times) if beh_times else 0.0,
                 updates_per_s=1 / median, min_s=min(times), max_s=max(times), repeats=args.repeats,
@@ -219,6 +223,8 @@ def main():
     parser.add_argument('--env_steps', type=int, default=300)
     parser.add_argument('--replay', action='store_true', help='also measure the replay sampler')
     parser.add_argument('--out', default='', help='append the JSON lines to this file')
+    parser.add_argument('extra', nargs='*', help='further dreamer.py flags for the benchmarked model after --, '
+                                                 'e.g. -- --dyn_stoch 32 --dyn_discrete 32')
     parser.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batch = [int(b) for b in args.batch.split(',') if b]
@@ -260,13 +266,15 @@ def main():
                    '--threads', str(args.threads), '--device', args.device, '--precision', args.precision,
                    '--compile', str(args.compile), '--tf32', args.tf32, '--flops', str(args.flops),
                    '--profile', str(args.profile),
-                   '--malloc_cache', str(args.malloc_cache)]
+                   '--malloc_cache', str(args.malloc_cache)] + (['--', *args.extra] if args.extra else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
                 print(proc.stderr[-2000:], file=sys.stderr)
                 sys.exit(f'benchmark of {mode} at batch {batch} failed')
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             row['kind'] = 'update'
+            if args.extra:
+                row['extra'] = ' '.join(args.extra)
             if row.get('gflops'):
                 peak = peak16 if args.precision in ('bf16', '16') else peak32
                 row['fraction_of_matmul_peak'] = row['gflops'] / peak

@@ -18,3 +18,27 @@ def test_profile_counts_the_ops_of_one_update():
     one, five = bench.profile_update(adds(1), cuda=False), bench.profile_update(adds(5), cuda=False)
     assert five['cpu_ops'] - one['cpu_ops'] == 4
     assert 'kernels' not in one and one['profiled_wall_s'] > 0
+
+
+def test_flags_after_the_options_reach_the_benchmarked_model():
+    """`bench.py ... -- --dyn_stoch 4 --dyn_discrete 8`: the measured update is that of the model those flags make."""
+    import argparse
+
+    def measure(extra):
+        args = argparse.Namespace(mode='dreamerv2', batch=[2], length=3, warmup=0, repeats=1, threads=1, device='cpu',
+                                  precision='32', compile=False, tf32=True, malloc_cache=False, flops=False,
+                                  profile=False, extra=['--cnn_depth', '4', '--units', '8', '--dyn_deter', '8',
+                                                        '--dyn_hidden', '8', *extra])
+        return bench.child(args)
+
+    gaussian, categorical = measure(['--dyn_stoch', '4']), measure(['--dyn_stoch', '4', '--dyn_discrete', '8'])
+    # the latent's width feeds the prior's input layer, both distribution layers, the decoder's linear layer and the
+    # first layers of the reward head, actor, critic and slow critic (not trained: not counted): 4 x 8 wide, not 4
+    feat_widening = 4 * 8 - 4
+    hidden, units, deter, embed = 8, 8, 8, 4 * 2 * 2 * 2 * 4 * 2   # hidden, head width, deter, conv embedding
+    extra = (feat_widening * hidden                      # img_in
+             + (4 * 8 - 2 * 4) * (hidden + 1) * 2        # img_out, obs_out: 32 logits instead of 2 x 4
+             + feat_widening * 32 * 4                    # decoder linear: 32 * depth outputs
+             + feat_widening * units * 3)                # reward head, actor, critic
+    assert categorical['params'] - gaussian['params'] == extra
+    assert categorical['s_per_update'] > 0 and gaussian['final_loss'] == gaussian['final_loss']

@@ -341,3 +341,94 @@ def test_schedule_helpers_match_the_plain_counters():
     with tools.Timer(totals)('time_x'):
         pass
     assert totals['time_x'] >= 1.0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Categorical latents (--dyn_discrete K)
+# --------------------------------------------------------------------------------------------------------------------
+def test_categorical_straight_through_is_one_hot_with_the_probabilities_gradient():
+    torch.manual_seed(0)
+    logit = torch.randn(5, 3 * 4, requires_grad=True)                  # 5 states, 3 variables of 4 classes
+    mode = networks.categorical_straight_through(logit, 4, sample=False)
+    groups = mode.detach().reshape(5, 3, 4)
+    assert torch.equal(groups.sum(-1), torch.ones(5, 3)) and set(groups.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(groups.argmax(-1), logit.detach().reshape(5, 3, 4).argmax(-1))
+    weight = torch.randn(5, 12)
+    (grad,) = torch.autograd.grad((weight * mode).sum(), logit)
+    (expected,) = torch.autograd.grad((weight * torch.softmax(logit.reshape(5, 3, 4), -1).reshape(5, 12)).sum(),
+                                      logit)
+    assert torch.allclose(grad, expected, atol=1e-6)
+    # samples are one-hot draws from the softmax: class frequencies over 40000 draws within 0.01 of the probabilities
+    logit = torch.tensor([[2.0, 0.0, -1.0, 0.5]]).expand(40000, 4)
+    draws = networks.categorical_straight_through(logit, 4, sample=True).detach()
+    assert torch.equal(draws.sum(-1), torch.ones(40000))
+    assert torch.allclose(draws.mean(0), torch.softmax(logit[0], -1), atol=0.01)
+
+
+def test_categorical_kl_and_its_balancing_by_hand():
+    torch.manual_seed(0)
+    q, p = torch.randn(2, 3 * 5), torch.randn(2, 3 * 5)
+    slow = torch.zeros(2)
+    for n in range(2):
+        for v in range(3):
+            qa, pa = torch.softmax(q[n, 5 * v:5 * v + 5], -1), torch.softmax(p[n, 5 * v:5 * v + 5], -1)
+            slow[n] += sum(float(qa[k] * (torch.log(qa[k]) - torch.log(pa[k]))) for k in range(5))
+    assert torch.allclose(tools.categorical_kl(q, p, 5), slow, atol=1e-5)
+    post = dict(logit=q, stoch=networks.categorical_straight_through(q, 5, False))
+    prior = dict(logit=p, stoch=networks.categorical_straight_through(p, 5, False))
+    loss, value = tools.balanced_kl(post, prior, 0.8, 0.0, 1.0, classes=5)
+    assert abs(value.item() - slow.mean().item()) < 1e-5 and abs(loss.item() - slow.mean().item()) < 1e-5
+    loss, _ = tools.balanced_kl(post, prior, 0.8, 100.0, 2.0, classes=5)
+    assert abs(loss.item() - 200.0) < 1e-4                             # free nats clamp the batch mean
+    # the gradient split: 0.8 of the KL's gradient reaches the prior's logits, 0.2 the posterior's
+    ql, pl = q.clone().requires_grad_(True), p.clone().requires_grad_(True)
+    loss, _ = tools.balanced_kl(dict(logit=ql), dict(logit=pl), 0.8, 0.0, 1.0, classes=5)
+    loss.backward()
+    qf, pf = q.clone().requires_grad_(True), p.clone().requires_grad_(True)
+    tools.categorical_kl(qf, pf, 5).mean().backward()
+    assert torch.allclose(pl.grad, 0.8 * pf.grad, atol=1e-6) and torch.allclose(ql.grad, 0.2 * qf.grad, atol=1e-6)
+
+
+def test_categorical_rssm_scan_matches_step_loop():
+    torch.manual_seed(0)
+    rssm = networks.RSSM(stoch=3, deter=16, hidden=12, action_size=2, embed_size=5, discrete=4)
+    assert rssm.stoch_size == 12 and rssm.feat_size == 28
+    B, T = 3, 5
+    embed, action = torch.randn(B, T, 5), torch.randn(B, T, 2)
+    is_first = torch.zeros(B, T)
+    is_first[:, 0] = 1
+    post, prior = rssm.observe(embed, action, is_first, sample=False)
+    state = rssm.initial(B)
+    assert set(state) == {'logit', 'stoch', 'deter'}
+    for t in range(T):
+        keep = (1 - is_first[:, t])[:, None]
+        prev = {k: v * keep for k, v in state.items()}
+        deter = rssm.cell(rssm.img_in(torch.cat([prev['stoch'], action[:, t] * keep], -1)), prev['deter'])
+        prior_logit = rssm.img_out(deter)
+        logit = rssm.obs_out(torch.cat([deter, embed[:, t]], -1))
+        onehot = torch.nn.functional.one_hot(logit.reshape(B, 3, 4).argmax(-1), 4).float().reshape(B, 12)
+        assert torch.allclose(prior['logit'][:, t], prior_logit, atol=1e-6)
+        assert torch.allclose(post['logit'][:, t], logit, atol=1e-6)
+        assert torch.allclose(post['stoch'][:, t], onehot, atol=1e-6)
+        state = dict(logit=logit, stoch=onehot, deter=deter)
+
+
+def test_an_agent_with_categorical_latents_trains_and_acts():
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu', '--units', '32',
+                                '--dyn_deter', '32', '--dyn_hidden', '32', '--dyn_stoch', '4', '--dyn_discrete', '8',
+                                '--cnn_depth', '8', '--batch_size', '3', '--batch_length', '6'])
+    torch.manual_seed(0)
+    agent = agents.make_agent(config, 2)
+    assert agent.wm.rssm.feat_size == 4 * 8 + 32
+    rng = np.random.default_rng(0)
+    batch = dict(image=rng.integers(0, 255, (3, 6, 64, 64, 3), dtype=np.uint8),
+                 action=rng.uniform(-1, 1, (3, 6, 2)).astype(np.float32),
+                 reward=rng.uniform(0, 1, (3, 6)).astype(np.float32), is_first=np.eye(1, 6, dtype=bool).repeat(3, 0))
+    before = [p.detach().clone() for p in agent.wm.rssm.parameters()]
+    metrics = agent.update(agent.training_batch(batch), 0)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert float(metrics['kl_value']) > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.wm.rssm.parameters()))
+    obs = dict(image=batch['image'][:, 0], is_first=np.ones(3, bool))
+    action, state = agent.policy(obs, None, training=True)
+    assert tuple(action.shape) == (3, 2) and set(state[0]) == {'logit', 'stoch', 'deter'}
