@@ -340,8 +340,8 @@ def _duration(seconds: float) -> str:
 
 
 def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
-    """`jobs` runs at a time (pretraining and teachers before the runs that need them); returns the number of failed
-    runs."""
+    """`jobs` runs at a time, each once the run it loads from has finished (pretraining and teachers first, runs that
+    load nothing beside them); returns the number of failed runs."""
     slots: queue.Queue = queue.Queue()
     for i in range(jobs):   # with several GPUs each concurrent slot keeps one of them
         slots.put(gpus[i % len(gpus)] if len(gpus) > 1 else None)
@@ -371,31 +371,42 @@ def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
             slots.put(gpu)
 
     results: dict[str, tuple] = {}
-    phases = [[r for r in runs if r.kind in PRETRAINING], [r for r in runs if r.kind not in PRETRAINING]]
+    # Each run starts once the run it loads from (`needs`, when that is one of these runs) has exited 0, so a run that
+    # needs nothing starts beside the pretraining; pretraining and teachers go first when slots are scarce.
+    pending = sorted(runs, key=lambda r: r.kind not in PRETRAINING)
+    ours = {r.logdir for r in runs}
+    ok: set = set()
+    futures: dict = {}
     done = 0
     print(f'Launching {len(runs)} runs, {jobs} at a time; output in <run>/stdout.log.', flush=True)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
     try:
-        for phase in phases:
-            futures = {pool.submit(work, run): run for run in phase}
-            for future in concurrent.futures.as_completed(futures):
-                run = futures[future]
+        while pending or futures:
+            for run in list(pending):
+                if run.needs in ours and run.needs in results and run.needs not in ok:   # it failed or never ran
+                    pending.remove(run)
+                    results[run.logdir] = ('not started', 0.0)
+                    done += 1
+                    print(f'[{done}/{len(runs)}] SKIPPED {run.logdir}: its pretraining {run.needs} did not finish',
+                          flush=True)
+                elif run.needs is None or run.needs not in ours or run.needs in ok:
+                    pending.remove(run)
+                    futures[pool.submit(work, run)] = run
+            if not futures:
+                break
+            finished, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                run = futures.pop(future)
                 code, seconds = future.result()
                 results[run.logdir] = (code, seconds)
+                if code == 0:
+                    ok.add(run.logdir)
                 done += 1
                 state = 'ok    ' if code == 0 else 'SKIPPED (another sweep runs it)' if isinstance(code, str) \
                     else f'FAILED (exit {code})'
                 print(f'[{done}/{len(runs)}] {state} {run.logdir} ({_duration(seconds)})', flush=True)
                 if code and not isinstance(code, str):
                     print(log_tail(run.logdir), flush=True)
-            if phase is phases[0]:   # runs whose pretraining failed are not started
-                failed = {r.logdir for r in phase if results[r.logdir][0]}
-                for run in [r for r in phases[1] if r.needs in failed]:
-                    phases[1].remove(run)
-                    results[run.logdir] = ('not started', 0.0)
-                    done += 1
-                    print(f'[{done}/{len(runs)}] SKIPPED {run.logdir}: its pretraining {run.needs} did not finish',
-                          flush=True)
     except KeyboardInterrupt:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)

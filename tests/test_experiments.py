@@ -650,3 +650,33 @@ def test_methods_are_declared_once():
     assert [k for k, m in ex.METHODS.items() if m.teacher] == [k for k, s in methods.METHOD_SPECS.items()
                                                                if s.own_teacher] == ['vid2act']
     assert 'torch' not in methods.__dict__
+
+
+def test_local_launcher_starts_each_run_once_what_it_loads_has_finished(tmp_path, capsys):
+    """Two slots: a run that loads nothing starts beside the pretraining (not after it), the run that loads the
+    pretraining starts after it exited 0, and the run loading a failed pretraining never starts."""
+    log = tmp_path / 'events.txt'
+
+    def job(name, seconds=0.0, code=0, needs_file=None):
+        script = (f'import os, sys, time; f = open({str(log)!r}, "a"); f.write("start {name}\\n"); f.flush(); '
+                  + (f'assert os.path.exists({needs_file!r}); ' if needs_file else '')
+                  + f'time.sleep({seconds}); '
+                  + f'open(os.path.join({str(tmp_path / name)!r}, "encoder.pt"), "w").close(); '
+                  + f'f.write("end {name}\\n"); sys.exit({code})')
+        return [sys.executable, '-c', script]
+
+    pre, bad = str(tmp_path / 'pre'), str(tmp_path / 'bad')
+    runs = [sweep.Run(str(tmp_path / 'loads_pre'), job('loads_pre', needs_file=os.path.join(pre, 'encoder.pt')),
+                      'online', needs=pre),
+            sweep.Run(str(tmp_path / 'alone'), job('alone', 0.2), 'online'),
+            sweep.Run(pre, job('pre', 1.5), 'pretrain'),
+            sweep.Run(bad, job('bad', code=3), 'pretrain'),
+            sweep.Run(str(tmp_path / 'loads_bad'), job('loads_bad'), 'online', needs=bad)]
+    failed = sweep.launch_local(runs, 2, [])
+    events = log.read_text().split('\n')
+    assert failed == 2                                        # 'bad' exited 3, 'loads_bad' was not started
+    assert 'start loads_bad' not in events and 'start loads_pre' in events
+    assert events.index('start alone') < events.index('end pre')          # beside the pretraining
+    assert events.index('end pre') < events.index('start loads_pre')      # after what it loads
+    out = capsys.readouterr().out
+    assert f'SKIPPED {tmp_path / "loads_bad"}: its pretraining {bad} did not finish' in out
