@@ -428,7 +428,7 @@ def diswm_table(found: dict) -> str:
                        ('eval_return_average', 'train_return', 'distill_loss', 'distill_eta')}
             for step in sorted(set().union(*[c.keys() for c in columns.values()])):
                 values = [columns[m].get(step) for m in columns]
-                lines.append(f'| {method} | {seed} | {step // 1000}k | ' + ' | '.join(fmt(v) for v in values) + ' |')
+                lines.append(f'| {method} | {seed} | {step / 1000:g}k | ' + ' | '.join(fmt(v) for v in values) + ' |')
     return '\n'.join(lines) + '\n'
 
 

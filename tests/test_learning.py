@@ -225,11 +225,13 @@ def test_diswm_report_reads_distillation_terms(tmp_path):
     write_metrics(os.path.join(base, 'diswm', 'seed_0'), [
         {'step': 10_000, 'distill_loss': 2.0, 'distill_eta': 0.1, 'train_return': 50.0},
         {'step': 10_000, 'eval_return_average': 120.0}])
-    write_metrics(os.path.join(base, 'dreamerv2', 'seed_0'), [{'step': 10_000, 'eval_return_average': 90.0}])
+    write_metrics(os.path.join(base, 'dreamerv2', 'seed_0'), [{'step': 2_500, 'train_return': 40.0},
+                                                              {'step': 10_000, 'eval_return_average': 90.0}])
     assert learning.main(['--experiment', 'diswm', '--root', root, '--report_only']) == 0
     text = open(os.path.join(root, 'diswm_table.md')).read()
     assert '| diswm | 0 | 10k | 120 | 50 | 2 | 0.1 |' in text
     assert '| dreamerv2 | 0 | 10k | 90 | – | – | – |' in text
+    assert '| dreamerv2 | 0 | 2.5k | – | 40 | – | – |' in text            # training-log steps between evaluations
     assert open(os.path.join(root, 'diswm_curves.png'), 'rb').read(4) == b'\x89PNG'
 
 
