@@ -23,8 +23,9 @@ as the yardstick, the cosine between fp32 gradients of two different seeds (the 
 well below its terms' norms).
 
 `--imagine` adds, per episode (sorted by return), what the actor's imagination expects from the states the episode
-visited against what followed: imagined against real rewards over the imagination horizon, and the imagined
-lambda-return and the critic's value against the realized discounted return. Imagination and values far above
+visited against what followed: rewards imagined with the actor and with the episode's own actions against the real
+ones over the imagination horizon (`--imagine_steps` to look further), and the imagined lambda-return and the
+critic's value against the realized discounted return. Imagination and values far above
 the episode in its low-return episodes only is the world model misjudging the states those episodes reach, and the
 actor then has no reason to avoid them (docs/learning.md, "Why cheetah_run fell after 30k"). `--source eval` reads
 the run's evaluation episodes (the mean-action policy) instead of its training episodes. `--frames PNG` draws, for
@@ -113,28 +114,31 @@ def diagnose(agent, episodes: list[dict], window: int, horizons: list[int], cont
                 value_corr=corr(realized, values))
 
 
-def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10) -> list[dict]:
+def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10, horizon: int | None = None
+                      ) -> list[dict]:
     """Per episode: what the agent's imagination expects from the states it visited, against what followed.
 
     From the posterior state at every `stride`-th step of each `window` (observed from a fresh state, steps after the
-    first 10), the actor is rolled `imag_horizon` steps through the world model as in training (sampled actions) and
-    the imagined rewards r(s_0) ... r(s_{H-1}) are compared with the episode's rewards over the same H steps, the
-    imagined lambda-return at s_0 (the actor's objective) and the critic's value with the realized discounted return.
-    Each row: return (the episode's sum of rewards), reward (its mean per agent step), predicted (the reward head on
-    the observed states), imagined / followed (mean reward per step over the H imagined and the H real steps),
-    lambda_return, value, realized (means over the start states whose remaining episode covers the return's tail)."""
+    first 10), the actor is rolled `horizon` (default: the run's `imag_horizon`) steps through the world model as in
+    training (sampled actions), and the model is also rolled open loop with the actions the episode took (prior
+    means). The imagined rewards r(s_0) ... r(s_{H-1}) of both are compared with the episode's rewards over the same
+    H steps, the imagined lambda-return at s_0 (the actor's objective) and the critic's value with the realized
+    discounted return. Each row: return (the episode's sum of rewards), reward (its mean per agent step), predicted
+    (the reward head on the observed states), imagined / replayed / followed (mean reward per step over the H steps
+    imagined with the actor, with the episode's actions, and the H real steps), lambda_return, value, realized (means
+    over the start states whose remaining episode covers the return's tail)."""
     import torch
 
     import tools
     wm, behavior, config = agent.wm, agent.behavior, agent.config
-    horizon, context = config.imag_horizon, 10
+    horizon, context = horizon or config.imag_horizon, 10
     tail = int(np.ceil(np.log(0.05) / np.log(config.discount)))
     rows = []
     with torch.no_grad():
         for ep in episodes:
             length = len(ep['reward'])
             returns = discounted_returns(ep['reward'].astype(np.float64), config.discount)
-            predicted, imagined, followed, lam, value, realized = [], [], [], [], [], []
+            predicted, imagined, replayed, followed, lam, value, realized = [], [], [], [], [], [], []
             for start in range(0, length - window + 1, window):
                 data = {k: torch.as_tensor(ep[k][start:start + window][None]) for k in
                         ('image', 'action', 'reward', 'is_first')}
@@ -148,8 +152,13 @@ def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10
                 reward = agent.reward_fn(feats)                                       # (H, N)
                 target = tools.lambda_return(reward, behavior.slow_critic(feats[1:]),
                                              torch.full_like(reward, config.discount), config.discount_lambda)
+                state, replay_reward = first, [wm.reward(wm.rssm.feat(first))]
+                for j in range(1, horizon):                 # action[i] is the one that led to step i
+                    state = wm.rssm.img_step(state, wm.pad_action(data['action'][0, index + j]), sample=False)
+                    replay_reward.append(wm.reward(wm.rssm.feat(state)))
                 steps = start + index
                 imagined.append(reward.mean(0).numpy())
+                replayed.append(torch.stack(replay_reward).mean(0).numpy())
                 followed.append(np.array([ep['reward'][t:t + horizon].mean() for t in steps]))
                 keep = steps + tail <= length
                 lam.append(target[0].numpy()[keep])
@@ -158,19 +167,22 @@ def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10
             cat = np.concatenate
             rows.append(dict(ret=float(ep['reward'].sum()), reward=float(ep['reward'][1:].mean()),
                              predicted=float(cat(predicted).mean()), imagined=float(cat(imagined).mean()),
-                             followed=float(cat(followed).mean()), lambda_return=float(cat(lam).mean()),
-                             value=float(cat(value).mean()), realized=float(cat(realized).mean())))
+                             replayed=float(cat(replayed).mean()), followed=float(cat(followed).mean()),
+                             lambda_return=float(cat(lam).mean()), value=float(cat(value).mean()),
+                             realized=float(cat(realized).mean())))
     return rows
 
 
 def imagination_report(rows: list[dict], horizon: int) -> str:
-    lines = [f'imagination from visited states ({horizon} steps, sampled actions), per episode by return; per agent '
-             'step: reward, predicted on observed states, imagined vs the real rewards that followed; values: the '
-             'imagined lambda-return and the critic vs the realized discounted return',
-             '  return | reward  predicted | imagined  followed | lambda-return  critic  realized']
+    lines = [f'imagination from visited states ({horizon} steps), per episode by return; per agent step: reward, '
+             'predicted on observed states, imagined with the actor (sampled actions) and with the episode\'s own '
+             'actions vs the real rewards that followed; values: the imagined lambda-return and the critic vs the '
+             'realized discounted return',
+             '  return | reward  predicted | actor  replayed  followed | lambda-return  critic  realized']
     for r in sorted(rows, key=lambda r: r['ret']):
         lines.append(f"  {r['ret']:6.1f} | {r['reward']:.3f}  {r['predicted']:.3f} | {r['imagined']:.3f}  "
-                     f"{r['followed']:.3f} | {r['lambda_return']:6.2f}  {r['value']:6.2f}  {r['realized']:6.2f}")
+                     f"{r['replayed']:.3f}  {r['followed']:.3f} | {r['lambda_return']:6.2f}  {r['value']:6.2f}  "
+                     f"{r['realized']:6.2f}")
     return '\n'.join(lines)
 
 
@@ -321,6 +333,8 @@ def main(argv=None) -> int:
                         help='with --imagine: also write the lowest- and highest-return episodes\' frames from '
                              '--frames_start on, each above two imagined rollouts from the same state, to this PNG')
     parser.add_argument('--frames_start', type=int, default=150, help='--frames: the agent step imagination starts at')
+    parser.add_argument('--imagine_steps', type=int, default=None,
+                        help='--imagine: steps imagined from each state (default: the run\'s imag_horizon)')
     parser.add_argument('--imagine', action='store_true',
                         help='also, per episode: the actor\'s imagined rewards and returns from the visited states '
                              'against what followed (model exploitation: imagination better than the episodes)')
@@ -354,7 +368,8 @@ def main(argv=None) -> int:
     print(f'{ckpt}: {len(files)} episodes, windows of {window} agent steps')
     print(report(diagnose(agent, episodes, window, horizons)))
     if args.imagine:
-        print(imagination_report(imagination_check(agent, episodes, window), config.imag_horizon))
+        steps = args.imagine_steps or config.imag_horizon
+        print(imagination_report(imagination_check(agent, episodes, window, horizon=steps), steps))
         if args.frames:
             from PIL import Image
             ordered = sorted(episodes, key=lambda ep: float(ep['reward'].sum()))

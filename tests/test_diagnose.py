@@ -176,7 +176,7 @@ def test_imagination_check_matches_a_slow_computation(monkeypatch):
     with torch.no_grad():
         for ep, row in zip(episodes, rows):
             realized_all = diagnose.discounted_returns(ep['reward'].astype(np.float64), config.discount)
-            predicted, imagined, followed, lam, value, realized = [], [], [], [], [], []
+            predicted, imagined, replayed, followed, lam, value, realized = [], [], [], [], [], [], []
             for start in (0, window):
                 data = {k: torch.as_tensor(ep[k][start:start + window][None]) for k in ('image', 'action', 'reward')}
                 data = dict(image=data['image'], action=data['action'].float(), reward=data['reward'].float(),
@@ -192,6 +192,11 @@ def test_imagination_check_matches_a_slow_computation(monkeypatch):
                         g = r[t] + config.discount * ((1 - config.discount_lambda) * v_next[t]
                                                       + config.discount_lambda * g)
                     imagined.append(np.mean(r))
+                    state, r = {k: v[0, i:i + 1] for k, v in post.items()}, []
+                    for j in range(horizon):                 # the episode's own actions, prior means
+                        r.append(float(wm.reward(wm.rssm.feat(state))[0]))
+                        state = wm.rssm.img_step(state, wm.pad_action(data['action'][:, i + j + 1]), sample=False)
+                    replayed.append(np.mean(r))
                     followed.append(ep['reward'][start + i:start + i + horizon].mean())
                     if start + i + tail <= length:
                         lam.append(g)
@@ -200,7 +205,8 @@ def test_imagination_check_matches_a_slow_computation(monkeypatch):
             assert len(lam) == 3                             # starts 10, 20, 40 have an 11-step tail; 50 has not
             assert np.isclose(row['ret'], ep['reward'].sum(), rtol=1e-6)
             assert np.isclose(row['reward'], ep['reward'][1:].mean(), rtol=1e-6)
-            for key, slow in (('predicted', predicted), ('imagined', imagined), ('followed', followed),
+            for key, slow in (('predicted', predicted), ('imagined', imagined), ('replayed', replayed),
+                              ('followed', followed),
                               ('lambda_return', lam), ('value', value), ('realized', realized)):
                 assert np.isclose(row[key], np.mean(slow), rtol=1e-4, atol=1e-6), key
     text = diagnose.imagination_report(rows, horizon)
