@@ -172,10 +172,7 @@ class RSSM(nn.Module):
     def __init__(self, stoch=50, deter=200, hidden=200, action_size=6, embed_size=20, cell='gru_layer_norm',
                  min_std=0.1, label_size=0, discrete=0):
         super().__init__()
-        if discrete == 1:
-            raise tools.ConfigError('--dyn_discrete 1 makes every latent variable a constant: use 0 (Gaussian latents) '
-                                    'or 2 or more classes (official DreamerV2: 32).')
-        self.classes = discrete
+        self.classes = discrete       # 1 (a constant per variable) is refused by tools.finalize_config
         self.stoch_size = stoch * discrete if discrete else stoch
         self.deter_size, self.action_size = deter, action_size
         self.embed_size, self.min_std, self.label_size = embed_size, min_std, label_size

@@ -296,6 +296,9 @@ def finalize_config(config: Config) -> Config:
         value = config.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < low):
             raise ConfigError(f'--{key} must be a number >= {low}, got {value!r}.')
+    if config.get('dyn_discrete') == 1:
+        raise ConfigError('--dyn_discrete 1 makes every latent variable a constant: use 0 (Gaussian latents) or 2 or '
+                          'more classes (official DreamerV2: 32).')
     if config.get('release_compat') and config.get('imag_horizon') == 1:
         raise ConfigError('--imag_horizon must be >= 2 with --release_compat True (the release imagines '
                           'imag_horizon - 1 steps).')

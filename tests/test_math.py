@@ -391,7 +391,7 @@ def test_categorical_kl_and_its_balancing_by_hand():
 
 def test_categorical_rssm_scan_matches_step_loop():
     with pytest.raises(tools.ConfigError, match='dyn_discrete 1'):
-        networks.RSSM(stoch=3, discrete=1)
+        tools.make_config(['--configs', 'defaults', 'dmc2gym', '--dyn_discrete', '1'])
     torch.manual_seed(0)
     rssm = networks.RSSM(stoch=3, deter=16, hidden=12, action_size=2, embed_size=5, discrete=4)
     assert rssm.stoch_size == 12 and rssm.feat_size == 28
