@@ -53,7 +53,7 @@ class Run:
         return shlex.join(self.cmd)
 
 
-PRETRAINING = ('pretrain', 'teacher')   # run kinds launched (and finished) before the online runs that load them
+PRETRAINING = ('pretrain', 'teacher')   # run kinds launched first; the runs that load them wait until they finished
 TEACHER_FILE = 'teacher.pt'              # vid2act.TEACHER_FILE (not imported: vid2act.py imports torch)
 
 
