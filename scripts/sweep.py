@@ -389,6 +389,12 @@ def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
                     done += 1
                     print(f'[{done}/{len(runs)}] SKIPPED {run.logdir}: its pretraining {run.needs} did not finish',
                           flush=True)
+                elif run.needs and run.needs not in ours and is_running(run.needs):    # another process trains it
+                    pending.remove(run)
+                    results[run.logdir] = ('pretraining still running', 0.0)
+                    done += 1
+                    print(f'[{done}/{len(runs)}] SKIPPED {run.logdir}: its pretraining {run.needs} is still running '
+                          f'in another process; rerun once it has finished', flush=True)
                 elif run.needs is None or run.needs not in ours or run.needs in ok:
                     pending.remove(run)
                     futures[pool.submit(work, run)] = run
@@ -427,7 +433,8 @@ def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
     print(f'\nSummary: {len(results) - len(failed)} of {len(results)} runs exited 0.')
     for logdir, code in failed:
         if isinstance(code, str):
-            print(f'  {code:<12} {logdir}   (its pretraining did not finish)')
+            print(f'  {code:<12} {logdir}   (its pretraining did not finish)' if code == 'not started' else
+                  f'  {code}: {logdir}')
         else:
             print(f'  exit {code:<7} {logdir}   (log: {os.path.join(logdir, "stdout.log")})')
     return len(failed)

@@ -684,3 +684,22 @@ def test_local_launcher_starts_each_run_once_what_it_loads_has_finished(tmp_path
     assert events.index('end pre') < events.index('start loads_pre')      # after what it loads
     out = capsys.readouterr().out
     assert f'SKIPPED {tmp_path / "loads_bad"}: its pretraining {bad} did not finish' in out
+
+
+def test_local_launcher_does_not_start_a_run_whose_pretraining_runs_elsewhere(tmp_path, capsys):
+    """A run that loads a pretraining which another process is training now (its folder's lock is held) is not
+    started on a half-trained model; the others run."""
+    import fcntl
+    pre = tmp_path / 'pre'
+    pre.mkdir()
+    started = tmp_path / 'started.txt'
+    job = lambda name: [sys.executable, '-c', f'open({str(started)!r}, "a").write("{name}\\n")']  # noqa: E731
+    runs = [sweep.Run(str(tmp_path / 'loads_pre'), job('loads_pre'), 'online', needs=str(pre)),
+            sweep.Run(str(tmp_path / 'alone'), job('alone'), 'online')]
+    with open(pre / '.run.lock', 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)            # dreamer.py's lock, as a running pretraining holds
+        assert sweep.launch_local(runs, 2, []) == 1
+    assert started.read_text().split() == ['alone']
+    assert f'its pretraining {pre} is still running in another process' in capsys.readouterr().out
+    assert sweep.launch_local(runs[:1], 2, []) == 0                  # once it has finished, the run starts
+    assert started.read_text().split() == ['alone', 'loads_pre']
