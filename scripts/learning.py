@@ -444,6 +444,8 @@ def diswm_plot(found: dict, path: str, max_step: int) -> None:
             if method == 'diswm':
                 ax_loss.plot(*rundata.series(rows, 'distill_loss'), marker='o', ms=3, label=label)
                 ax_eta.plot(*rundata.series(rows, 'distill_eta'), marker='o', ms=3, label=label)
+    # the distractor switches to its second colour set half-way through training (and evaluation with it)
+    ax_ret.axvline(max_step / 2, color='grey', ls='--', lw=1, label='colour set 2 from here')
     for ax, title in ((ax_ret, 'evaluation return (colour distractor)'), (ax_loss, 'distill_loss'),
                       (ax_eta, 'distill_eta')):
         ax.set_title(title)
