@@ -164,12 +164,11 @@ def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10
                 lam.append(target[0].numpy()[keep])
                 value.append(behavior.critic(feats[0]).numpy()[keep])
                 realized.append(returns[steps[keep]])
-            cat = np.concatenate
+            mean = lambda parts: float(np.concatenate(parts).mean()) if sum(map(len, parts)) else float('nan')
             rows.append(dict(ret=float(ep['reward'].sum()), reward=float(ep['reward'][1:].mean()),
-                             predicted=float(cat(predicted).mean()), imagined=float(cat(imagined).mean()),
-                             replayed=float(cat(replayed).mean()), followed=float(cat(followed).mean()),
-                             lambda_return=float(cat(lam).mean()), value=float(cat(value).mean()),
-                             realized=float(cat(realized).mean())))
+                             predicted=mean(predicted), imagined=mean(imagined), replayed=mean(replayed),
+                             followed=mean(followed), lambda_return=mean(lam), value=mean(value),
+                             realized=mean(realized)))     # nan: no start state with enough episode left
     return rows
 
 
@@ -179,10 +178,13 @@ def imagination_report(rows: list[dict], horizon: int) -> str:
              'actions vs the real rewards that followed; values: the imagined lambda-return and the critic vs the '
              'realized discounted return',
              '  return | reward  predicted | actor  replayed  followed | lambda-return  critic  realized']
+    f = lambda x, spec: format(x, spec) if np.isfinite(x) else '–'.rjust(len(format(0.0, spec)))  # noqa: E731
     for r in sorted(rows, key=lambda r: r['ret']):
-        lines.append(f"  {r['ret']:6.1f} | {r['reward']:.3f}  {r['predicted']:.3f} | {r['imagined']:.3f}  "
-                     f"{r['replayed']:.3f}  {r['followed']:.3f} | {r['lambda_return']:6.2f}  {r['value']:6.2f}  "
-                     f"{r['realized']:6.2f}")
+        lines.append(f"  {r['ret']:6.1f} | {r['reward']:.3f}  {f(r['predicted'], '.3f')} | {f(r['imagined'], '.3f')}  "
+                     f"{f(r['replayed'], '.3f')}  {f(r['followed'], '.3f')} | {f(r['lambda_return'], '6.2f')}  "
+                     f"{f(r['value'], '6.2f')}  {f(r['realized'], '6.2f')}")
+    if any(not np.isfinite(r['realized']) for r in rows):
+        lines.append('  (–: no visited state with enough of the episode left for a realized return)')
     return '\n'.join(lines)
 
 

@@ -211,6 +211,10 @@ def test_imagination_check_matches_a_slow_computation(monkeypatch):
                 assert np.isclose(row[key], np.mean(slow), rtol=1e-4, atol=1e-6), key
     text = diagnose.imagination_report(rows, horizon)
     assert len(text.splitlines()) == 2 + len(episodes) and 'lambda-return' in text
+    # an episode too short for any realized return (20 steps, an 11-step tail from step 10): no values, said so
+    short = diagnose.imagination_check(agent, [{k: v[:20] for k, v in episodes[0].items()}], 20, stride)
+    assert np.isnan(short[0]['realized']) and np.isfinite(short[0]['imagined'])
+    assert 'no visited state with enough of the episode left' in diagnose.imagination_report(short, horizon)
 
 
 def test_imagination_frames_put_the_episode_above_its_imagined_rollouts():
