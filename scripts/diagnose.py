@@ -67,6 +67,21 @@ def binned(true: np.ndarray, pred: np.ndarray, edges=BINS) -> list[tuple[float, 
     return rows
 
 
+def value_tail(discount: float) -> int:
+    """Steps after which discount^k <= 5 %: a realized return needs this much of the episode left to be compared."""
+    return int(np.ceil(np.log(0.05) / np.log(discount)))
+
+
+def observe_window(wm, episode: dict, start: int, stop: int) -> tuple[dict, dict]:
+    """The world model's posterior over agent steps start..stop-1 of `episode`, observed from a fresh state (the
+    window's first step marked as an episode start); returns (outputs of `wm.observe`, the window's tensors)."""
+    import torch
+    data = {k: torch.as_tensor(episode[k][start:stop][None]) for k in ('image', 'action', 'reward', 'is_first')}
+    data = {k: v if k == 'image' else v.float() for k, v in data.items()}
+    data['is_first'][0, 0] = 1.0
+    return wm.observe(data, sample=False), data
+
+
 def diagnose(agent, episodes: list[dict], window: int, horizons: list[int], context: int = 10) -> dict:
     """Reward and value checks of `agent` (eval mode) on episodes (dicts of numpy arrays in the replay format)."""
     import torch
@@ -74,17 +89,13 @@ def diagnose(agent, episodes: list[dict], window: int, horizons: list[int], cont
     wm, config = agent.wm, agent.config
     true_r, pred_r, values, realized = [], [], [], []
     open_err = {h: [] for h in horizons}
-    tail = int(np.ceil(np.log(0.05) / np.log(config.discount)))          # discount^tail <= 5 %
+    tail = value_tail(config.discount)
     with torch.no_grad():
         for ep in episodes:
             length = len(ep['reward'])
             returns = discounted_returns(ep['reward'].astype(np.float64), config.discount)
             for start in range(0, length - window + 1, window):
-                data = {k: torch.as_tensor(ep[k][start:start + window][None]) for k in
-                        ('image', 'action', 'reward', 'is_first')}
-                data = {k: v if k == 'image' else v.float() for k, v in data.items()}
-                data['is_first'][0, 0] = 1.0      # each window starts from a fresh state
-                out = wm.observe(data, sample=False)
+                out, data = observe_window(wm, ep, start, start + window)    # each window from a fresh state
                 feat = wm.rssm.feat(out['post'])
                 # step 0 of a window has no information about the reward that led to it
                 true_r.append(ep['reward'][start + 1:start + window])
@@ -132,7 +143,7 @@ def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10
     import tools
     wm, behavior, config = agent.wm, agent.behavior, agent.config
     horizon, context = horizon or config.imag_horizon, 10
-    tail = int(np.ceil(np.log(0.05) / np.log(config.discount)))
+    tail = value_tail(config.discount)
     rows = []
     with torch.no_grad():
         for ep in episodes:
@@ -140,11 +151,7 @@ def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10
             returns = discounted_returns(ep['reward'].astype(np.float64), config.discount)
             predicted, imagined, replayed, followed, lam, value, realized = [], [], [], [], [], [], []
             for start in range(0, length - window + 1, window):
-                data = {k: torch.as_tensor(ep[k][start:start + window][None]) for k in
-                        ('image', 'action', 'reward', 'is_first')}
-                data = {k: v if k == 'image' else v.float() for k, v in data.items()}
-                data['is_first'][0, 0] = 1.0
-                out = wm.observe(data, sample=False)
+                out, data = observe_window(wm, ep, start, start + window)
                 predicted.append(wm.reward(wm.rssm.feat(out['post']))[0, 1:].numpy())
                 index = np.arange(context, window - horizon + 1, stride)
                 first = {k: v[0, index] for k, v in out['post'].items()}
@@ -188,8 +195,11 @@ def imagination_report(rows: list[dict], horizon: int) -> str:
     return '\n'.join(lines)
 
 
-def imagination_frames(agent, episode: dict, start: int, horizon: int = 45, samples: int = 2, every: int = 5,
-                       context: int = 150) -> np.ndarray:
+FRAMES_HORIZON = 45   # agent steps drawn by --frames
+
+
+def imagination_frames(agent, episode: dict, start: int, horizon: int = FRAMES_HORIZON, samples: int = 2,
+                       every: int = 5, context: int = 150) -> np.ndarray:
     """An image (uint8, rows x 64 by columns x 64): the first row the episode's frames start, start + every, ...,
     start + horizon; below it `samples` rollouts of the actor imagined from the posterior state at `start`
     (observed from max(0, start - context)), decoded at the same steps."""
@@ -198,11 +208,7 @@ def imagination_frames(agent, episode: dict, start: int, horizon: int = 45, samp
     wm = agent.wm
     first = max(0, start - context)
     with torch.no_grad():
-        data = {k: torch.as_tensor(episode[k][first:start + 1][None]) for k in ('image', 'action', 'reward',
-                                                                               'is_first')}
-        data = {k: v if k == 'image' else v.float() for k, v in data.items()}
-        data['is_first'][0, 0] = 1.0
-        post = wm.observe(data, sample=False)['post']
+        post = observe_window(wm, episode, first, start + 1)[0]['post']
         state = {k: v[:, -1].expand(samples, *v.shape[2:]) for k, v in post.items()}
         feats, _ = agent.behavior.imagine(wm, state, horizon)                  # (H+1, samples, F)
         imagined = (wm.decoder(feats[::every]).float() + 0.5).clamp(0, 1).numpy()
@@ -376,12 +382,13 @@ def main(argv=None) -> int:
             from PIL import Image
             ordered = sorted(episodes, key=lambda ep: float(ep['reward'].sum()))
             picks = ordered[:1] + ordered[-1:] if len(ordered) > 1 else ordered
-            start = min(args.frames_start, min(len(ep['reward']) for ep in picks) - 46)
+            start = min(args.frames_start, min(len(ep['reward']) for ep in picks) - FRAMES_HORIZON - 1)
             strips = [imagination_frames(agent, ep, start) for ep in picks]
             gap = np.full((8, strips[0].shape[1], 3), 255, np.uint8)
             Image.fromarray(np.concatenate([x for s in strips for x in (s, gap)][:-1], 0)).save(args.frames)
             print(f'frames: {args.frames} (returns ' + ', '.join(f"{float(ep['reward'].sum()):.1f}" for ep in picks) +
-                  f'; agent steps {start}-{start + 45}: each episode\'s real frames above two imagined rollouts)')
+                  f'; agent steps {start}-{start + FRAMES_HORIZON}: each episode\'s real frames above two imagined '
+                  'rollouts)')
     return 0
 
 

@@ -384,20 +384,21 @@ def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
         while pending or futures:
             for run in list(pending):
                 if run.needs in ours and run.needs in results and run.needs not in ok:   # it failed or never ran
-                    pending.remove(run)
-                    results[run.logdir] = ('not started', 0.0)
-                    done += 1
-                    print(f'[{done}/{len(runs)}] SKIPPED {run.logdir}: its pretraining {run.needs} did not finish',
-                          flush=True)
+                    skip = 'not started', 'did not finish'
                 elif run.needs and run.needs not in ours and is_running(run.needs):    # another process trains it
-                    pending.remove(run)
-                    results[run.logdir] = ('pretraining still running', 0.0)
-                    done += 1
-                    print(f'[{done}/{len(runs)}] SKIPPED {run.logdir}: its pretraining {run.needs} is still running '
-                          f'in another process; rerun once it has finished', flush=True)
+                    skip = 'pretraining still running', 'is still running in another process; rerun once it has ' \
+                                                        'finished'
                 elif run.needs is None or run.needs not in ours or run.needs in ok:
-                    pending.remove(run)
+                    skip = None
+                else:
+                    continue                                                            # its pretraining is running
+                pending.remove(run)
+                if skip is None:
                     futures[pool.submit(work, run)] = run
+                    continue
+                results[run.logdir] = (skip[0], 0.0)
+                done += 1
+                print(f'[{done}/{len(runs)}] SKIPPED {run.logdir}: its pretraining {run.needs} {skip[1]}', flush=True)
             if not futures:
                 break
             finished, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
