@@ -418,17 +418,25 @@ def diswm_curves(args, seeds) -> dict:
 
 
 def diswm_table(found: dict) -> str:
-    """Markdown: per method, seed and logged step, the eval return and the distillation terms (where logged)."""
-    lines = ['| method | seed | env steps | eval return | train return | distill_loss | distill_eta |',
-             '|---|---|---|---|---|---|---|']
+    """Markdown, the two methods side by side: per seed and logged step, each method's eval and train return and
+    DisWM's distillation terms. A '–' is a value not logged at that step (evaluations come every 10k env steps, the
+    training log every 2.5k)."""
+    methods = list(DISWM_METHODS)
+    header = (['seed', 'env steps'] + [f'{m} eval' for m in methods] + [f'{m} train' for m in methods]
+              + ['distill_loss', 'distill_eta'])
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     fmt = lambda v: '–' if v is None else f'{v:.4g}'  # noqa: E731
-    for method, runs in found.items():
-        for seed, rows in sorted(runs.items()):
-            columns = {m: dict(zip(*rundata.series(rows, m))) for m in
-                       ('eval_return_average', 'train_return', 'distill_loss', 'distill_eta')}
-            for step in sorted(set().union(*[c.keys() for c in columns.values()])):
-                values = [columns[m].get(step) for m in columns]
-                lines.append(f'| {method} | {seed} | {step / 1000:g}k | ' + ' | '.join(fmt(v) for v in values) + ' |')
+    for seed in sorted(set().union(*[runs.keys() for runs in found.values()])):
+        columns = []
+        for key in ('eval_return_average', 'train_return'):
+            for method in methods:
+                rows = found.get(method, {}).get(seed, [])
+                columns.append(dict(zip(*rundata.series(rows, key))))
+        distill = found.get('diswm', {}).get(seed, [])
+        columns += [dict(zip(*rundata.series(distill, key))) for key in ('distill_loss', 'distill_eta')]
+        for step in sorted(set().union(*[c.keys() for c in columns])):
+            cells = [str(seed), f'{step / 1000:g}k'] + [fmt(c.get(step)) for c in columns]
+            lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 

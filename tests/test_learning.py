@@ -229,9 +229,12 @@ def test_diswm_report_reads_distillation_terms(tmp_path):
                                                               {'step': 10_000, 'eval_return_average': 90.0}])
     assert learning.main(['--experiment', 'diswm', '--root', root, '--report_only']) == 0
     text = open(os.path.join(root, 'diswm_table.md')).read()
-    assert '| diswm | 0 | 10k | 120 | 50 | 2 | 0.1 |' in text
-    assert '| dreamerv2 | 0 | 10k | 90 | – | – | – |' in text
-    assert '| dreamerv2 | 0 | 2.5k | – | 40 | – | – |' in text            # training-log steps between evaluations
+    # side by side: seed, env steps, eval (diswm, dreamerv2), train (diswm, dreamerv2), distill_loss, distill_eta
+    assert text.splitlines()[0] == ('| seed | env steps | diswm eval | dreamerv2 eval | diswm train | dreamerv2 train '
+                                    '| distill_loss | distill_eta |')
+    assert '| 0 | 10k | 120 | 90 | 50 | – | 2 | 0.1 |' in text
+    assert '| 0 | 2.5k | – | – | – | 40 | – | – |' in text             # training-log steps between evaluations
+    assert len(text.splitlines()) == 4
     assert open(os.path.join(root, 'diswm_curves.png'), 'rb').read(4) == b'\x89PNG'
 
 
