@@ -464,6 +464,17 @@ EVAL_KEYS_FROM_CHECKPOINT = ('task', 'action_repeat', 'time_limit', 'size', 'cam
                              'color_distractor', 'color') + models.ARCHITECTURE_KEYS
 
 
+def default_eval_logdir(checkpoint: str) -> str:
+    """`--mode eval` without `--logdir`: `eval/` beside the checkpoint (the folder scripts/sweep.py uses), or
+    `eval_2/`, `eval_3/`, ... when an earlier evaluation is there, so that none is overwritten."""
+    base = os.path.join(os.path.dirname(checkpoint) or '.', 'eval')
+    folder, n = base, 1
+    while any(os.path.exists(os.path.join(folder, f)) for f in ('eval_result.json', 'config.yaml')):
+        n += 1
+        folder = f'{base}_{n}'
+    return folder
+
+
 def evaluate_only(config, explicit=frozenset()) -> None:
     """`--mode eval`: evaluates `--checkpoint` (a run folder or its checkpoint.pt); the task, env and model settings
     come from the checkpoint except the keys in `explicit` (given on the command line)."""
@@ -479,6 +490,9 @@ def evaluate_only(config, explicit=frozenset()) -> None:
             taken.append(f'{key}={stored[key]!r}')
     print(f"Evaluating {path} on {config.task}: " + (f"from the checkpoint's config: {', '.join(taken)}" if taken
                                                       else "the command's settings match the checkpoint") + '.')
+    if not config.logdir:
+        config.logdir = default_eval_logdir(path)
+        print(f"No --logdir given: writing the evaluation to {config.logdir}.")
     config = tools.finalize_config(config)
     schedule = distractor_schedule(config)
     logdir = prepare_logdir(config, check_identity=False)

@@ -3,6 +3,7 @@ process per folder, finished runs stay finished, non-finite values stop the run,
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+import dreamer
 import tools
 from helpers import ROOT, run_dreamer
 
@@ -178,13 +180,22 @@ def test_full_disk_message_removes_the_partial_file(tmp_path, monkeypatch):
 
 def test_eval_only_takes_the_task_from_the_checkpoint(finished_run, tmp_path):
     """No --task (the default is walker_walk), a run folder as --checkpoint: the cartpole policy is evaluated on
-    cartpole, and the run says which settings it took."""
-    out = str(tmp_path / 'eval')
-    proc = run_dreamer(['--configs', 'defaults', 'dmc2gym', '--mode', 'eval', '--checkpoint', finished_run,
-                        '--logdir', out, '--eval_episodes', '1', '--eval_videos', '0', '--threads', '1',
-                        '--tensorboard', 'False'])
+    cartpole, and the run says which settings it took. No --logdir: the evaluation goes to <run>/eval."""
+    run = str(tmp_path / 'run')
+    shutil.copytree(finished_run, run)
+    proc = run_dreamer(['--configs', 'defaults', 'dmc2gym', '--mode', 'eval', '--checkpoint', run,
+                        '--eval_episodes', '1', '--eval_videos', '0', '--threads', '1', '--tensorboard', 'False'])
     assert "from the checkpoint's config: task='dmc2gym_cartpole_balance'" in proc.stdout
-    assert f"Evaluation of {os.path.join(finished_run, 'checkpoint.pt')} on dmc2gym_cartpole_balance (" in proc.stdout
+    assert f"Evaluation of {os.path.join(run, 'checkpoint.pt')} on dmc2gym_cartpole_balance (" in proc.stdout
+    out = os.path.join(run, 'eval')
+    assert f'No --logdir given: writing the evaluation to {out}.' in proc.stdout
+    result = json.load(open(os.path.join(out, 'eval_result.json')))
+    assert result['task'] == 'dmc2gym_cartpole_balance' and len(result['returns']) == 1
+    # a second evaluation without --logdir does not overwrite the first
+    assert dreamer.default_eval_logdir(os.path.join(run, 'checkpoint.pt')) == out + '_2'
+    os.makedirs(out + '_2')
+    open(os.path.join(out + '_2', 'config.yaml'), 'w').close()
+    assert dreamer.default_eval_logdir(os.path.join(run, 'checkpoint.pt')) == out + '_3'
     missing = run_dreamer(['--mode', 'eval', '--checkpoint', out, '--logdir', str(tmp_path / 'e2')], check=False)
     assert missing.returncode == 2 and 'has no checkpoint.pt' in missing.stderr and 'Traceback' not in missing.stderr
 
