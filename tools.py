@@ -299,6 +299,9 @@ def finalize_config(config: Config) -> Config:
     if config.get('dyn_discrete') == 1:
         raise ConfigError('--dyn_discrete 1 makes every latent variable a constant: use 0 (Gaussian latents) or 2 or '
                           'more classes (official DreamerV2: 32).')
+    if config.get('weight_decay') and config.get('weight_decay_step'):
+        raise ConfigError('--weight_decay and --weight_decay_step are two forms of the same decay: set one of them '
+                          '(the other to 0).')
     if config.get('release_compat') and config.get('imag_horizon') == 1:
         raise ConfigError('--imag_horizon must be >= 2 with --release_compat True (the release imagines '
                           'imag_horizon - 1 steps).')
@@ -317,6 +320,7 @@ POSITIVE_KEYS = {
     'threads': 0, 'checkpoint_every': 1e-3, 'pretrain_steps': 1, 'pretrain_save_every': 1, 'imag_horizon': 1,
     'dyn_stoch': 1, 'dyn_deter': 1, 'dyn_hidden': 1, 'cnn_depth': 1, 'units': 1, 'z_dim': 1, 'model_lr': 0,
     'actor_lr': 0, 'value_lr': 0, 'grad_clip': 0, 'eval_videos': 0, 'slow_target_update': 1, 'dyn_discrete': 0,
+    'weight_decay': 0, 'weight_decay_step': 0,
 }
 
 
@@ -750,9 +754,12 @@ class Optimizer:
 
     @classmethod
     def for_config(cls, name, parameters, lr, config):
-        """Adam with the config's eps, gradient clip and weight decay; a gradient scaler with --precision 16."""
-        return cls(name, parameters, lr, config.opt_eps, config.grad_clip, config.weight_decay,
-                   scaler=str(config.precision) == '16')
+        """Adam with the config's eps, gradient clip and weight decay; a gradient scaler with --precision 16.
+
+        `weight_decay_step` w (official DreamerV2's wd) multiplies every parameter by 1 - w before each step; AdamW
+        multiplies by 1 - lr x weight_decay, so it is AdamW with weight_decay = w / lr."""
+        decay = config.weight_decay or (config.get('weight_decay_step', 0.0) / lr if lr else 0.0)
+        return cls(name, parameters, lr, config.opt_eps, config.grad_clip, decay, scaler=str(config.precision) == '16')
 
     def zero_grad(self):
         grads = []

@@ -6,6 +6,7 @@ DreamerV2 curves; and the small-scale DisWM-vs-DreamerV2 comparison under the co
     python scripts/learning.py --report_only                     # table + PNG from the runs on disk
     python scripts/learning.py --report_only --compare runs/learning_bf16   # the same runs made differently, side by side
     python scripts/learning.py --dry_run                         # print the commands, run nothing
+    python scripts/learning.py --model official --tasks cheetah_run   # official DreamerV2's model (runs/learning_official)
     python scripts/learning.py --experiment diswm                # the DisWM pipeline at small scale (below)
 
 Runs go to `<root>/<task>/seed_<n>` (one dreamer.py run folder each; rerunning the same command resumes an unfinished
@@ -74,8 +75,15 @@ def run_dir(root: str, task: str, seed: int) -> str:
     return os.path.join(root, task, f'seed_{seed}')
 
 
+# `--model`: which world model and heads the protocol trains. release: this project's default (the DisWM release's
+# DMC model, Gaussian latents); official: official DreamerV2's DMC-vision model (configs.yaml, dreamerv2_official),
+# the model behind the published curves.
+MODEL_PRESETS = {'release': [], 'official': ['dreamerv2_official']}
+
+
 def _dreamer(task: str, flags: dict, args) -> list[str]:
-    cmd = [sys.executable, os.path.join(ROOT, 'dreamer.py'), '--configs', 'defaults', 'dmc2gym',
+    presets = MODEL_PRESETS[getattr(args, 'model', 'release')]
+    cmd = [sys.executable, os.path.join(ROOT, 'dreamer.py'), '--configs', 'defaults', 'dmc2gym', *presets,
            '--task', f'dmc2gym_{task}']
     for key, value in flags.items():
         cmd += [f'--{key}', value]
@@ -548,7 +556,14 @@ def parse_args(argv=None):
                              'hour than 1 run of 2 threads, docs/benchmarks.md)')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads per run (default: the CPU cores this process may use / --jobs)')
-    parser.add_argument('--root', default='runs/learning', help='folder of the run folders')
+    parser.add_argument('--model', default='release', choices=list(MODEL_PRESETS),
+                        help="release: this project's default model (the DisWM release's: 50-dim Gaussian latents, "
+                             "conv depth 32); official: official DreamerV2's DMC-vision model, the one behind the "
+                             "published curves (32 x 32 categorical latents, depth 48, 4-layer reward head and critic, "
+                             "reward weight 1, weight decay 1e-6 per update; ~2x the update cost)")
+    parser.add_argument('--root', default=None,
+                        help='folder of the run folders (default runs/learning; runs/learning_official with '
+                             '--model official)')
     parser.add_argument('--out', default=None, help='folder for the table and PNG (default: --root)')
     parser.add_argument('--progress', default='True', choices=['True', 'False'], help="dreamer.py's progress bar")
     parser.add_argument('--report_only', action='store_true', help='only write the table and PNG')
@@ -568,6 +583,10 @@ def parse_args(argv=None):
         parser.error('--jobs must be >= 1')
     if args.threads is None:
         args.threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
+    if args.model != 'release' and args.experiment != 'dreamerv2':
+        parser.error('--model official is for the DreamerV2 protocol (--experiment dreamerv2): the DisWM experiment '
+                     "trains the release's model, whose video model it distils from")
+    args.root = args.root or ('runs/learning' if args.model == 'release' else f'runs/learning_{args.model}')
     args.out = args.out or args.root
     if args.compare is not None:
         args.compare = [root for root in args.compare.split(',') if root]

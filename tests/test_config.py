@@ -1,5 +1,6 @@
 """Config merging, CLI parsing and the errors a user can cause."""
 import pytest
+import torch
 
 import tools
 from tools import ConfigError
@@ -115,3 +116,23 @@ def test_every_default_key_is_documented():
     for line in block.splitlines()[1:]:
         if line.strip() and not line.strip().startswith('#') and ':' in line and not line.strip().startswith('-'):
             assert '#' in line or line.rstrip().endswith(':'), f'undocumented key: {line}'
+
+
+def test_official_dreamerv2_preset_builds_its_model():
+    """--configs ... dreamerv2_official: official DreamerV2's DMC-vision model (categorical latents, depth 48, deeper
+    heads, reward weight 1, per-update weight decay) on top of dmc2gym; the networks have those sizes."""
+    import agents
+    c = cfg('--configs', 'defaults', 'dmc2gym', 'dreamerv2_official', '--device', 'cpu')
+    assert (c.dyn_stoch, c.dyn_discrete, c.cnn_depth, c.reward_layers, c.value_layers) == (32, 32, 48, 4, 4)
+    assert c.reward_scale == 1.0 and c.weight_decay_step == 1e-6 and c.weight_decay == 0
+    assert (c.dyn_deter, c.dyn_hidden, c.units, c.actor_layers) == (200, 200, 400, 4)     # dmc_vision's sizes
+    agent = agents.make_agent(c, 6)
+    assert agent.wm.rssm.feat_size == 32 * 32 + 200
+    linears = lambda m: sum(isinstance(x, torch.nn.Linear) for x in m.modules())
+    assert linears(agent.wm.reward) == 4 + 1 and linears(agent.behavior.critic) == 4 + 1
+    first_conv = next(x for x in agent.wm.encoder.modules() if isinstance(x, torch.nn.Conv2d))
+    assert first_conv.out_channels == 48
+    for opt, lr in ((agent.model_opt, c.model_lr), (agent.actor_opt, c.actor_lr), (agent.critic_opt, c.value_lr)):
+        assert isinstance(opt.opt, torch.optim.AdamW)
+        assert abs(opt.opt.param_groups[0]['weight_decay'] * lr - 1e-6) < 1e-12     # 1 - lr * wd = 1 - 1e-6
+    assert cfg('--configs', 'defaults', 'dreamerv2_official', 'dmc2gym').reward_scale == 2.0   # order matters

@@ -39,6 +39,22 @@ def test_protocol_command_resolves_to_the_official_schedule(tmp_path):
     assert learning.build_command('finger_spin', 3, args) == cmd  # the same command every time: reruns resume
 
 
+def test_official_model_option_adds_the_official_dreamerv2_preset(tmp_path):
+    args = learning.parse_args(['--model', 'official', '--tasks', 'cheetah_run', '--precision', 'bf16'])
+    assert args.root == 'runs/learning_official' and args.out == args.root   # never mixed with the default model's runs
+    args.root = str(tmp_path)
+    config = resolved(learning.build_command('cheetah_run', 0, args))
+    official = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'dreamerv2_official'])
+    for key in ('dyn_stoch', 'dyn_discrete', 'cnn_depth', 'reward_layers', 'value_layers', 'reward_scale',
+                'weight_decay_step'):
+        assert config[key] == official[key], key
+    assert (config.dyn_discrete, config.cnn_depth, config.reward_scale) == (32, 48, 1.0)
+    assert (config.batch_size, config.train_every, config.prefill, config.clean_render) == (16, 5, 1000, True)
+    assert learning.parse_args([]).model == 'release'
+    with pytest.raises(SystemExit):
+        learning.parse_args(['--model', 'official', '--experiment', 'diswm'])
+
+
 def test_auto_precision_is_bf16_only_for_cpu_runs_on_a_cpu_with_hardware_bf16(monkeypatch):
     import torch
     monkeypatch.setattr(tools, 'cpu_has_native_bf16', lambda: True)

@@ -434,3 +434,31 @@ def test_an_agent_with_categorical_latents_trains_and_acts():
     obs = dict(image=batch['image'][:, 0], is_first=np.ones(3, bool))
     action, state = agent.policy(obs, None, training=True)
     assert tuple(action.shape) == (3, 2) and set(state[0]) == {'logit', 'stoch', 'deter'}
+
+
+def test_weight_decay_step_is_official_dreamerv2s_lr_independent_decay():
+    """--weight_decay_step w: every parameter times (1 - w), then the plain Adam step (official DreamerV2's order)."""
+    w, lr = 1e-3, 5e-2           # large so that the decay is far above float round-off
+    config = tools.make_config(['--configs', 'defaults', '--weight_decay_step', str(w), '--opt_eps', '1e-5',
+                                '--grad_clip', '1e9'])
+    torch.manual_seed(0)
+    layer, plain, undecayed = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    plain.load_state_dict(layer.state_dict())
+    undecayed.load_state_dict(layer.state_dict())
+    opt = tools.Optimizer.for_config('m', layer.parameters(), lr, config)
+    refs = [torch.optim.Adam(m.parameters(), lr=lr, eps=1e-5) for m in (plain, undecayed)]
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        opt.step(layer(x).pow(2).sum())
+        with torch.no_grad():
+            for p in plain.parameters():
+                p.mul_(1 - w)
+        for m, ref in zip((plain, undecayed), refs):
+            ref.zero_grad()
+            m(x).pow(2).sum().backward()
+            ref.step()
+    for a, b in zip(layer.parameters(), plain.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert (layer.weight - undecayed.weight).abs().max() > 1e-4      # the decay changed something
+    with pytest.raises(tools.ConfigError, match='weight_decay_step'):
+        tools.make_config(['--weight_decay', '1e-4', '--weight_decay_step', '1e-6'])
