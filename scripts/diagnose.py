@@ -8,6 +8,7 @@ actually followed. The checks of docs/learning.md's investigation, for a run tha
     python scripts/diagnose.py RUN --gradients bf16 --terms               # ... and per world-model loss term
     python scripts/diagnose.py RUN --source eval --episodes 10 --imagine  # its last evaluation, per episode
     python scripts/diagnose.py RUN --source eval --episodes 10 --imagine --frames imagination.png
+    python scripts/diagnose.py RUN --source eval --episodes 10 --imagine_variants   # sampling or closed loop?
 
 Rewards are per agent step (the sum over `action_repeat` env steps), as the model sees them. The realized return at
 step t is sum_k discount^k r[t+k] up to the episode's end; it is compared with the critic only for steps whose
@@ -179,6 +180,62 @@ def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10
     return rows
 
 
+# --imagine_variants: who picks the actions (the actor sampling, the actor's mean, the episode's own) x whether the
+# latents are sampled (as in training) or taken at their mode.
+VARIANTS = (('actor_sample', 'actor', True), ('actor_mean', 'mean', True), ('actor_mean_mode', 'mean', False),
+            ('episode', 'episode', True), ('episode_mode', 'episode', False))
+
+
+def imagination_variants(agent, episodes: list[dict], window: int, stride: int = 10, horizon: int | None = None,
+                         seed: int = 0) -> list[dict]:
+    """Per episode: the mean reward per agent step imagined from the visited states (`imagination_check`'s start
+    states) in five ways, against the real rewards that followed: the actor picking the actions (sampled as in
+    training, or its mean action as in evaluation) or the episode's own actions replayed open loop, with the latents
+    sampled or at their mode. It tells whether imagination leaves the real trajectory because of the sampling or
+    because the actor, acting on imagined states, steers elsewhere (docs/learning.md, "cheetah_run with
+    categorical latents"). Seeded: the same call gives the same numbers."""
+    import torch
+    wm, behavior, config = agent.wm, agent.behavior, agent.config
+    horizon, context = horizon or config.imag_horizon, 10
+    torch.manual_seed(seed)
+    rows = []
+    with torch.no_grad():
+        for ep in episodes:
+            parts = {name: [] for name, _, _ in VARIANTS}
+            followed = []
+            for start in range(0, len(ep['reward']) - window + 1, window):
+                out, data = observe_window(wm, ep, start, start + window)
+                index = np.arange(context, window - horizon + 1, stride)
+                first = {k: v[0, index] for k, v in out['post'].items()}
+                followed.append(np.array([ep['reward'][start + t:start + t + horizon].mean() for t in index]))
+                for name, actions, sample in VARIANTS:
+                    state, rewards = first, [wm.reward(wm.rssm.feat(first))]
+                    for j in range(1, horizon):             # action[i] is the one that led to step i
+                        if actions == 'episode':
+                            action = data['action'][0, index + j]
+                        else:
+                            dist = behavior.actor(behavior.actor_input(wm.rssm.feat(state), None))
+                            action = dist.rsample() if actions == 'actor' else dist.mode()
+                        state = wm.rssm.img_step(state, wm.pad_action(action), sample=sample)
+                        rewards.append(wm.reward(wm.rssm.feat(state)))
+                    parts[name].append(torch.stack(rewards).mean(0).float().numpy())
+            row = dict(ret=float(ep['reward'].sum()), followed=float(np.concatenate(followed).mean()))
+            row.update({name: float(np.concatenate(v).mean()) for name, v in parts.items()})
+            rows.append(row)
+    return rows
+
+
+def variants_report(rows: list[dict], horizon: int) -> str:
+    lines = [f'imagination from visited states ({horizon} steps) by who picks the actions and how the latents are '
+             'drawn, per episode by return; mean reward per agent step against the real rewards that followed',
+             '  return | followed | actor sampled  actor mean  actor mean, latent modes | episode\'s actions  '
+             'the same, latent modes']
+    for r in sorted(rows, key=lambda r: r['ret']):
+        lines.append(f"  {r['ret']:6.1f} | {r['followed']:.3f} | {r['actor_sample']:.3f}  {r['actor_mean']:.3f}  "
+                     f"{r['actor_mean_mode']:.3f} | {r['episode']:.3f}  {r['episode_mode']:.3f}")
+    return '\n'.join(lines)
+
+
 def imagination_report(rows: list[dict], horizon: int) -> str:
     lines = [f'imagination from visited states ({horizon} steps), per episode by return; per agent step: reward, '
              'predicted on observed states, imagined with the actor (sampled actions) and with the episode\'s own '
@@ -343,6 +400,10 @@ def main(argv=None) -> int:
     parser.add_argument('--frames_start', type=int, default=150, help='--frames: the agent step imagination starts at')
     parser.add_argument('--imagine_steps', type=int, default=None,
                         help='--imagine: steps imagined from each state (default: the run\'s imag_horizon)')
+    parser.add_argument('--imagine_variants', action='store_true',
+                        help='also, per episode: the rewards imagined from the visited states with the actor '
+                             'sampling, the actor\'s mean action or the episode\'s own actions, latents sampled or '
+                             'at their mode, against what followed (is it the sampling or the closed loop?)')
     parser.add_argument('--imagine', action='store_true',
                         help='also, per episode: the actor\'s imagined rewards and returns from the visited states '
                              'against what followed (model exploitation: imagination better than the episodes)')
@@ -375,6 +436,9 @@ def main(argv=None) -> int:
     horizons = [int(h) for h in args.horizons.split(',') if h]
     print(f'{ckpt}: {len(files)} episodes, windows of {window} agent steps')
     print(report(diagnose(agent, episodes, window, horizons)))
+    if args.imagine_variants:
+        steps = args.imagine_steps or config.imag_horizon
+        print(variants_report(imagination_variants(agent, episodes, window, horizon=steps), steps))
     if args.imagine:
         steps = args.imagine_steps or config.imag_horizon
         print(imagination_report(imagination_check(agent, episodes, window, horizon=steps), steps))

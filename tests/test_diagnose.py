@@ -240,3 +240,45 @@ def test_imagination_frames_put_the_episode_above_its_imagined_rollouts():
     expected = (frame[0].numpy() * 255).round().astype(np.uint8)
     for row in (1, 2, 3):
         assert np.abs(image[row * 64:(row + 1) * 64, :64].astype(int) - expected).max() <= 1
+
+
+def test_imagination_variants_match_the_open_loop_check_and_a_slow_closed_loop():
+    """--imagine_variants: the episode's actions at latent modes are imagination_check's `replayed`; the actor's mean
+    action at latent modes equals a loop over each start state; the sampled variants are seeded."""
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu', '--units', '32',
+                                '--dyn_deter', '32', '--dyn_hidden', '32', '--dyn_stoch', '8', '--cnn_depth', '8',
+                                '--imag_horizon', '3'])
+    torch.manual_seed(0)
+    agent = agents.make_agent(config, 2).eval()
+    wm, behavior = agent.wm, agent.behavior
+    rng = np.random.default_rng(4)
+    length, window, horizon = 60, 30, 3
+    episodes = [dict(image=rng.integers(0, 255, (length, 64, 64, 3), dtype=np.uint8),
+                     action=rng.uniform(-1, 1, (length, 2)).astype(np.float32),
+                     reward=rng.uniform(0, 2, length).astype(np.float32), is_first=np.eye(1, length, dtype=bool)[0])
+                for _ in range(2)]
+    rows = diagnose.imagination_variants(agent, episodes, window)
+    checked = diagnose.imagination_check(agent, episodes, window)
+    with torch.no_grad():
+        for ep, row, check in zip(episodes, rows, checked):
+            assert np.isclose(row['episode_mode'], check['replayed'], rtol=1e-5)
+            assert np.isclose(row['followed'], check['followed'], rtol=1e-6)
+            slow = []
+            for start in (0, window):
+                data = {k: torch.as_tensor(ep[k][start:start + window][None]) for k in ('image', 'action', 'reward')}
+                data = dict(image=data['image'], action=data['action'].float(), reward=data['reward'].float(),
+                            is_first=torch.zeros(1, window).index_fill_(1, torch.tensor([0]), 1.0))
+                post = wm.observe(data, sample=False)['post']
+                for i in (10, 20):
+                    state = {k: v[0, i:i + 1] for k, v in post.items()}
+                    r = []
+                    for _ in range(horizon):
+                        feat = wm.rssm.feat(state)
+                        r.append(float(wm.reward(feat)[0]))
+                        state = wm.rssm.img_step(state, behavior.actor(feat).mode(), sample=False)
+                    slow.append(np.mean(r))
+            assert np.isclose(row['actor_mean_mode'], np.mean(slow), rtol=1e-4, atol=1e-6)
+            assert all(np.isfinite(row[name]) for name, _, _ in diagnose.VARIANTS)
+    assert diagnose.imagination_variants(agent, episodes, window) == rows          # seeded
+    text = diagnose.variants_report(rows, horizon)
+    assert len(text.splitlines()) == 2 + len(episodes) and 'latent modes' in text
