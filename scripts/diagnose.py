@@ -126,6 +126,34 @@ def diagnose(agent, episodes: list[dict], window: int, horizons: list[int], cont
                 value_corr=corr(realized, values))
 
 
+def visited_starts(wm, ep: dict, window: int, horizon: int, stride: int, context: int = 10):
+    """The start states of the imagination checks: each `window` of the episode observed from a fresh state, and
+    from it every `stride`-th step after the first `context` that leaves `horizon` steps. Yields (window start,
+    the window's posterior and data, the start indices in the window, the posterior states there)."""
+    for start in range(0, len(ep['reward']) - window + 1, window):
+        out, data = observe_window(wm, ep, start, start + window)
+        index = np.arange(context, window - horizon + 1, stride)
+        yield start, out, data, index, {k: v[0, index] for k, v in out['post'].items()}
+
+
+def rollout_rewards(agent, first: dict, data: dict, index: np.ndarray, horizon: int, actions: str, sample: bool):
+    """Rewards r(s_0) ... r(s_{H-1}) (H, N) imagined from `first` with the actions of the episode ('episode',
+    open loop) or of the actor acting on the imagined states ('actor': sampled, 'mean': its mean), latents sampled or
+    at their mode."""
+    import torch
+    wm, behavior = agent.wm, agent.behavior
+    state, rewards = first, [wm.reward(wm.rssm.feat(first))]
+    for j in range(1, horizon):                             # action[i] is the one that led to step i
+        if actions == 'episode':
+            action = data['action'][0, index + j]
+        else:
+            dist = behavior.actor(behavior.actor_input(wm.rssm.feat(state), None))
+            action = dist.rsample() if actions == 'actor' else dist.mode()
+        state = wm.rssm.img_step(state, wm.pad_action(action), sample=sample)
+        rewards.append(wm.reward(wm.rssm.feat(state)))
+    return torch.stack(rewards)
+
+
 def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10, horizon: int | None = None
                       ) -> list[dict]:
     """Per episode: what the agent's imagination expects from the states it visited, against what followed.
@@ -143,7 +171,7 @@ def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10
 
     import tools
     wm, behavior, config = agent.wm, agent.behavior, agent.config
-    horizon, context = horizon or config.imag_horizon, 10
+    horizon = horizon or config.imag_horizon
     tail = value_tail(config.discount)
     rows = []
     with torch.no_grad():
@@ -151,22 +179,15 @@ def imagination_check(agent, episodes: list[dict], window: int, stride: int = 10
             length = len(ep['reward'])
             returns = discounted_returns(ep['reward'].astype(np.float64), config.discount)
             predicted, imagined, replayed, followed, lam, value, realized = [], [], [], [], [], [], []
-            for start in range(0, length - window + 1, window):
-                out, data = observe_window(wm, ep, start, start + window)
+            for start, out, data, index, first in visited_starts(wm, ep, window, horizon, stride):
                 predicted.append(wm.reward(wm.rssm.feat(out['post']))[0, 1:].numpy())
-                index = np.arange(context, window - horizon + 1, stride)
-                first = {k: v[0, index] for k, v in out['post'].items()}
                 feats, _ = behavior.imagine(wm, first, horizon)                      # (H+1, N, F)
                 reward = agent.reward_fn(feats)                                       # (H, N)
                 target = tools.lambda_return(reward, behavior.slow_critic(feats[1:]),
                                              torch.full_like(reward, config.discount), config.discount_lambda)
-                state, replay_reward = first, [wm.reward(wm.rssm.feat(first))]
-                for j in range(1, horizon):                 # action[i] is the one that led to step i
-                    state = wm.rssm.img_step(state, wm.pad_action(data['action'][0, index + j]), sample=False)
-                    replay_reward.append(wm.reward(wm.rssm.feat(state)))
                 steps = start + index
                 imagined.append(reward.mean(0).numpy())
-                replayed.append(torch.stack(replay_reward).mean(0).numpy())
+                replayed.append(rollout_rewards(agent, first, data, index, horizon, 'episode', False).mean(0).numpy())
                 followed.append(np.array([ep['reward'][t:t + horizon].mean() for t in steps]))
                 keep = steps + tail <= length
                 lam.append(target[0].numpy()[keep])
@@ -195,30 +216,18 @@ def imagination_variants(agent, episodes: list[dict], window: int, stride: int =
     because the actor, acting on imagined states, steers elsewhere (docs/learning.md, "cheetah_run with
     categorical latents"). Seeded: the same call gives the same numbers."""
     import torch
-    wm, behavior, config = agent.wm, agent.behavior, agent.config
-    horizon, context = horizon or config.imag_horizon, 10
+    horizon = horizon or agent.config.imag_horizon
     torch.manual_seed(seed)
     rows = []
     with torch.no_grad():
         for ep in episodes:
             parts = {name: [] for name, _, _ in VARIANTS}
             followed = []
-            for start in range(0, len(ep['reward']) - window + 1, window):
-                out, data = observe_window(wm, ep, start, start + window)
-                index = np.arange(context, window - horizon + 1, stride)
-                first = {k: v[0, index] for k, v in out['post'].items()}
+            for start, _, data, index, first in visited_starts(agent.wm, ep, window, horizon, stride):
                 followed.append(np.array([ep['reward'][start + t:start + t + horizon].mean() for t in index]))
                 for name, actions, sample in VARIANTS:
-                    state, rewards = first, [wm.reward(wm.rssm.feat(first))]
-                    for j in range(1, horizon):             # action[i] is the one that led to step i
-                        if actions == 'episode':
-                            action = data['action'][0, index + j]
-                        else:
-                            dist = behavior.actor(behavior.actor_input(wm.rssm.feat(state), None))
-                            action = dist.rsample() if actions == 'actor' else dist.mode()
-                        state = wm.rssm.img_step(state, wm.pad_action(action), sample=sample)
-                        rewards.append(wm.reward(wm.rssm.feat(state)))
-                    parts[name].append(torch.stack(rewards).mean(0).float().numpy())
+                    rewards = rollout_rewards(agent, first, data, index, horizon, actions, sample)
+                    parts[name].append(rewards.mean(0).float().numpy())
             row = dict(ret=float(ep['reward'].sum()), followed=float(np.concatenate(followed).mean()))
             row.update({name: float(np.concatenate(v).mean()) for name, v in parts.items()})
             rows.append(row)
@@ -436,11 +445,10 @@ def main(argv=None) -> int:
     horizons = [int(h) for h in args.horizons.split(',') if h]
     print(f'{ckpt}: {len(files)} episodes, windows of {window} agent steps')
     print(report(diagnose(agent, episodes, window, horizons)))
+    steps = args.imagine_steps or config.imag_horizon
     if args.imagine_variants:
-        steps = args.imagine_steps or config.imag_horizon
         print(variants_report(imagination_variants(agent, episodes, window, horizon=steps), steps))
     if args.imagine:
-        steps = args.imagine_steps or config.imag_horizon
         print(imagination_report(imagination_check(agent, episodes, window, horizon=steps), steps))
         if args.frames:
             from PIL import Image

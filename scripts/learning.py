@@ -82,7 +82,7 @@ MODEL_PRESETS = {'release': [], 'official': ['dreamerv2_official']}
 
 
 def _dreamer(task: str, flags: dict, args) -> list[str]:
-    presets = MODEL_PRESETS[getattr(args, 'model', 'release')]
+    presets = MODEL_PRESETS[args.model]
     cmd = [sys.executable, os.path.join(ROOT, 'dreamer.py'), '--configs', 'defaults', 'dmc2gym', *presets,
            '--task', f'dmc2gym_{task}']
     for key, value in flags.items():
