@@ -6,6 +6,8 @@ differentiable model: a point x in [-1, 1] moved by x' = clip(x + 0.25 a), rewar
 towards 0 at full speed and then stays; the critic must equal the discounted return of the learned policy,
 measured by plain Monte-Carlo rollouts of that policy in the same model.
 """
+import types
+
 import pytest
 import torch
 
@@ -40,24 +42,25 @@ def reward_of(x: torch.Tensor) -> torch.Tensor:
     return -x.abs()
 
 
-def train_behavior(updates: int = 600, *flags):
+def train_behavior(updates: int = 600):
+    """`updates` calls of the agent's own `Agent.update_behavior` (actor and critic steps, slow-critic refresh) on a
+    stand-in agent whose world model is `PointModel`."""
     torch.manual_seed(0)
     config = tools.make_config(['--configs', 'defaults', '--units', '64', '--actor_layers', '2', '--value_layers', '2',
                                 '--actor_lr', '1e-3', '--value_lr', '1e-3', '--imag_horizon', '10',
-                                '--discount', '0.9', '--slow_target_update', '10', *flags])
+                                '--discount', '0.9', '--slow_target_update', '10'])
     behavior = models.ImagBehavior(config, feat_size=1, action_size=1)
-    actor_opt = tools.Optimizer.for_config('actor', behavior.actor.parameters(), config.actor_lr, config)
-    critic_opt = tools.Optimizer.for_config('critic', behavior.critic.parameters(), config.value_lr, config)
-    model = PointModel()
-    reward_fn = lambda feats: reward_of(feats[:-1, :, 0])           # the first H states' rewards, as Agent.reward_fn
-    for update in range(1, updates + 1):
-        start = {'x': torch.rand(128, 1) * 2 - 1}
-        actor_loss, critic_loss, _ = behavior.losses(model, start, reward_fn)
-        actor_opt.step(actor_loss)
-        critic_opt.step(critic_loss)
-        if update % config.slow_target_update == 0:
-            behavior.update_slow_critic()
-    return behavior, model, config
+    opt = lambda name, module, lr: tools.Optimizer.for_config(name, module.parameters(), lr, config)
+    agent = types.SimpleNamespace(
+        config=config, behavior=behavior, wm=PointModel(), updates=0,
+        actor_opt=opt('actor', behavior.actor, config.actor_lr),
+        critic_opt=opt('critic', behavior.critic, config.value_lr),
+        reward_fn=lambda feats: reward_of(feats[:-1, :, 0]),        # the first H states' rewards, as Agent.reward_fn
+        autocast=lambda: tools.autocast(config))
+    for _ in range(updates):
+        models.Agent.update_behavior(agent, {'post': {'x': torch.rand(128, 1) * 2 - 1}})
+    assert agent.updates == updates
+    return behavior, agent.wm, config
 
 
 @torch.no_grad()
