@@ -9,6 +9,7 @@ actually followed. The checks of docs/learning.md's investigation, for a run tha
     python scripts/diagnose.py RUN --source eval --episodes 10 --imagine  # its last evaluation, per episode
     python scripts/diagnose.py RUN --source eval --episodes 10 --imagine --frames imagination.png
     python scripts/diagnose.py RUN --source eval --episodes 10 --imagine_variants   # sampling or closed loop?
+    python scripts/diagnose.py RUN --stalls --episodes 0                  # which episodes end standing still
 
 Rewards are per agent step (the sum over `action_repeat` env steps), as the model sees them. The realized return at
 step t is sum_k discount^k r[t+k] up to the episode's end; it is compared with the critic only for steps whose
@@ -32,6 +33,12 @@ actor then has no reason to avoid them (docs/learning.md, "Why cheetah_run fell 
 the run's evaluation episodes (the mean-action policy) instead of its training episodes. `--frames PNG` draws, for
 the lowest- and highest-return episode, the real frames from agent step `--frames_start` on above two rollouts the
 actor imagines from the same posterior state: what the world model believes happens next.
+
+`--stalls` needs no checkpoint (only the episodes and `config.yaml`) and loads no model: per episode its return and
+the share of its last `--stall_tail` agent steps (default 250, half a DMC episode) with a reward below
+`--stall_reward` (0.02); an episode with at least `--stall_share` (40 %) of them *stalls*, i.e. ends lying on the floor or
+standing still (cheetah_run's reward is ~0 whenever the body does not move forward). Then the count of stalled
+episodes per 10k env steps (training episodes) or per evaluation. `--episodes 0` reads every episode.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # rundata
 
 BINS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 
@@ -55,6 +63,42 @@ def discounted_returns(reward: np.ndarray, discount: float) -> np.ndarray:
         running = reward[t] + discount * running
         out[t] = running
     return out
+
+
+def stall_rows(rewards: list[np.ndarray], tail: int = 250, threshold: float = 0.02, share: float = 0.4) -> list[dict]:
+    """Per episode (per-agent-step rewards): its return, the share of its last `tail` steps below `threshold`, and
+    whether that share is at least `share` (the episode stalls)."""
+    rows = []
+    for reward in rewards:
+        reward = np.asarray(reward, np.float64).reshape(-1)
+        last = reward[-tail:] if len(reward) else reward
+        still = float(np.mean(last < threshold)) if len(last) else 0.0
+        rows.append(dict(ret=float(reward.sum()), length=len(reward), still=still, stalled=bool(still >= share)))
+    return rows
+
+
+def stall_report(rows: list[dict], source: str, action_repeat: int, per_eval: int, first_step: int = 0,
+                 first_index: int = 0, group_steps: int = 10000) -> str:
+    """One line per episode and the stalled count per group: training episodes by the env step they end at (their
+    lengths summed, prefill included, from `first_step`) in groups of `group_steps`, evaluation episodes by
+    evaluation (`per_eval` each, numbered from 1 at episode index 0; `first_index` is the first row's index)."""
+    lines, groups, step = [], {}, first_step
+    label = 'env step at its end' if source == 'train' else 'evaluation, episode'
+    lines.append(f'{label:>20} {"return":>8} {"still (tail)":>12}  stalled')
+    for i, row in enumerate(rows, first_index):
+        if source == 'train':
+            step += row['length'] * action_repeat
+            key, where = (step - 1) // group_steps, f'{step}'
+        else:
+            key, where = i // per_eval, f'{i // per_eval + 1}, {i % per_eval + 1}'
+        groups.setdefault(key, []).append(row['stalled'])
+        lines.append(f"{where:>20} {row['ret']:8.1f} {row['still']:12.0%}  {'yes' if row['stalled'] else ''}")
+    lines.append('stalled episodes per ' + (f'{group_steps} env steps:' if source == 'train' else 'evaluation:'))
+    for key, flags in sorted(groups.items()):
+        span = (f'{key * group_steps / 1000:g}k-{(key + 1) * group_steps / 1000:g}k env steps' if source == 'train'
+                else f'evaluation {key + 1}')
+        lines.append(f'  {span}: {sum(flags)} of {len(flags)}')
+    return '\n'.join(lines)
 
 
 def binned(true: np.ndarray, pred: np.ndarray, edges=BINS) -> list[tuple[float, float, int, float, float]]:
@@ -388,6 +432,36 @@ def report(result: dict) -> str:
     return '\n'.join(lines)
 
 
+def episode_files(folder: str, last: int) -> list[str]:
+    """The episodes of a run's `train_eps`/`eval_eps` in the order they were written (names start with a UTC
+    timestamp); the last `last`, or all for 0."""
+    files = sorted(glob.glob(os.path.join(folder, '*.npz')))
+    return files[-last:] if last > 0 else files
+
+
+def stalls_main(args) -> int:
+    import rundata
+    run = os.path.dirname(args.run) if args.run.endswith('.pt') else args.run
+    config = rundata.read_config(run)
+    if not config:
+        print(f"Error: no readable config.yaml in '{run}': --stalls needs a dreamer.py run folder.", file=sys.stderr)
+        return 2
+    every = episode_files(os.path.join(run, f'{args.source}_eps'), 0)
+    if not every:
+        print(f"Error: no episodes in '{os.path.join(run, f'{args.source}_eps')}'.", file=sys.stderr)
+        return 2
+    rewards = [np.load(f)['reward'][1:] for f in every]   # entry 0 is the reset observation's (reward 0)
+    rows = stall_rows(rewards, args.stall_tail, args.stall_reward, args.stall_share)
+    repeat, per_eval = int(config.get('action_repeat', 1)), int(config.get('eval_episodes', 10))
+    skipped = len(rows) - len(episode_files(os.path.join(run, f'{args.source}_eps'), args.episodes))
+    first = sum(r['length'] for r in rows[:skipped]) * repeat
+    print(f"{run}: {len(rows) - skipped} of {len(rows)} {args.source} episodes; still = reward below "
+          f"{args.stall_reward:g} per agent step; stalled = still in at least {args.stall_share:.0%} of the last "
+          f"{args.stall_tail} agent steps")
+    print(stall_report(rows[skipped:], args.source, repeat, per_eval, first, skipped))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('run', help='a run folder (or its checkpoint.pt)')
@@ -413,10 +487,19 @@ def main(argv=None) -> int:
                         help='also, per episode: the rewards imagined from the visited states with the actor '
                              'sampling, the actor\'s mean action or the episode\'s own actions, latents sampled or '
                              'at their mode, against what followed (is it the sampling or the closed loop?)')
+    parser.add_argument('--stalls', action='store_true',
+                        help='only (no model loaded): per episode its return and whether it ends standing still '
+                             '(see the module docstring); --episodes 0 for all')
+    parser.add_argument('--stall_tail', type=int, default=250, help='--stalls: the last N agent steps looked at')
+    parser.add_argument('--stall_reward', type=float, default=0.02, help='--stalls: a step below this is still')
+    parser.add_argument('--stall_share', type=float, default=0.4,
+                        help='--stalls: an episode stalls when at least this share of its tail is still')
     parser.add_argument('--imagine', action='store_true',
                         help='also, per episode: the actor\'s imagined rewards and returns from the visited states '
                              'against what followed (model exploitation: imagination better than the episodes)')
     args = parser.parse_args(argv)
+    if args.stalls:
+        return stalls_main(args)
     import torch
 
     import agents
@@ -429,7 +512,7 @@ def main(argv=None) -> int:
         print(f'Error: {e}', file=sys.stderr)
         return 2
     folder = os.path.join(os.path.dirname(ckpt), f'{args.source}_eps')
-    files = sorted(glob.glob(os.path.join(folder, '*.npz')))[-args.episodes:]
+    files = episode_files(folder, args.episodes)
     if not files:
         print(f"Error: no episodes in '{folder}'.", file=sys.stderr)
         return 2

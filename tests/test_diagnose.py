@@ -1,5 +1,6 @@
 """scripts/diagnose.py: the reward and value checks of a trained agent, against slow obvious computations."""
 import numpy as np
+import pytest
 import torch
 
 import agents
@@ -282,3 +283,37 @@ def test_imagination_variants_match_the_open_loop_check_and_a_slow_closed_loop()
     assert diagnose.imagination_variants(agent, episodes, window) == rows          # seeded
     text = diagnose.variants_report(rows, horizon)
     assert len(text.splitlines()) == 2 + len(episodes) and 'latent modes' in text
+
+
+def test_stall_rows_match_a_loop():
+    rng = np.random.default_rng(3)
+    rewards = [rng.uniform(0.02, 1, n) * (rng.uniform(0, 1, n) < p) for n, p in ((500, 0.9), (500, 0.3), (120, 0.5))]
+    rows = diagnose.stall_rows(rewards, tail=250, threshold=0.02, share=0.4)
+    for reward, row in zip(rewards, rows):
+        last = list(reward)[-250:]
+        still = sum(1 for r in last if r < 0.02) / len(last)
+        assert row['ret'] == pytest.approx(sum(reward)) and row['length'] == len(reward)
+        assert row['still'] == pytest.approx(still) and row['stalled'] == (still >= 0.4)
+    assert [r['stalled'] for r in rows] == [False, True, True]   # mostly moving; mostly still; a short episode
+
+
+def test_stalls_command_reads_a_run_folder(tmp_path, capsys):
+    import replay
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'config.yaml').write_text('action_repeat: 2\neval_episodes: 2\n')
+    moving, still = np.full(501, 0.5, np.float32), np.zeros(501, np.float32)
+    still[:200] = 0.5                                       # runs first, then lies still for its last 300 steps
+    for source, rewards in (('train', [still, moving, still]), ('eval', [moving, still, still, still])):
+        for reward in rewards:
+            replay.save_episode(str(run / f'{source}_eps'), dict(image=np.zeros((501, 1, 1, 3), np.uint8),
+                                                                reward=reward))
+    assert diagnose.main([str(run), '--stalls', '--episodes', '0']) == 0
+    out = capsys.readouterr().out
+    assert '3 of 3 train episodes' in out and '0k-10k env steps: 2 of 3' in out
+    assert [line.split()[0] for line in out.splitlines()[2:5]] == ['1000', '2000', '3000']
+    assert diagnose.main([str(run), '--stalls', '--source', 'eval', '--episodes', '2']) == 0
+    out = capsys.readouterr().out
+    assert '2 of 4 eval episodes' in out and 'evaluation 2: 2 of 2' in out and 'evaluation 1' not in out
+    assert diagnose.main([str(tmp_path), '--stalls']) == 2          # not a run folder: one clear error
+    assert 'config.yaml' in capsys.readouterr().err
