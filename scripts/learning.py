@@ -306,17 +306,24 @@ def plot(found: dict, reference: dict, path: str, max_step: int) -> None:
     import matplotlib.pyplot as plt
     tasks = list(found)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    seeds = sorted({seed for task in tasks for seed in found[task]})   # one colour per seed in every panel
     for ax, task in zip(axes[0], tasks):
         published_band(ax, reference.get(task), max_step)
         for seed, (steps, values) in sorted(found[task].items()):
-            ax.plot(steps, values, marker='o', ms=3, label=f'this project, seed {seed}')
+            ax.plot(steps, values, marker='o', ms=3, color=f'C{seeds.index(seed) % 10}',
+                    label=f'this project, seed {seed}')
         ax.set_title(task)
         ax.set_xlabel('environment steps')
         ax.set_xlim(0, max_step)
         ax.set_ylim(0, 1000)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel('evaluation return')
-    axes[0][0].legend(fontsize=7, loc='upper left')
+    shown = set()
+    for ax in axes[0]:        # the first panel's legend, and another wherever a panel has seeds not listed yet
+        labels = set(ax.get_legend_handles_labels()[1])
+        if not labels <= shown:
+            ax.legend(fontsize=7, loc='upper left')
+            shown |= labels
     fig.tight_layout()
     tmp = path + '.tmp.png'
     fig.savefig(tmp, dpi=120)

@@ -356,3 +356,23 @@ def test_status_piped_into_head_ends_quietly(tmp_path):
     proc.stdout.close()             # the reader is gone before the first line (the script takes ~1 s to import)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1 and 'Traceback' not in err and 'BrokenPipe' not in err, err
+
+
+def test_plot_gives_a_seed_one_colour_and_lists_every_seed(tmp_path, monkeypatch):
+    """A seed has the same colour in every panel, and a seed that only a later panel has gets a legend there."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.figure import Figure
+    saved, savefig = [], Figure.savefig
+    monkeypatch.setattr(Figure, 'savefig', lambda self, *a, **k: (saved.append(self), savefig(self, *a, **k))[1])
+    found = {'cartpole_balance': {0: ([10_000, 20_000], [1.0, 2.0])},
+             'cheetah_run': {0: ([10_000], [2.0]), 1: ([10_000], [3.0])},
+             'finger_spin': {1: ([10_000], [4.0])}}
+    learning.plot(found, {}, str(tmp_path / 'curves.png'), 60_000)
+    axes = saved[0].axes
+    colours = {ax.get_title(): {line.get_label(): line.get_color() for line in ax.get_lines()} for ax in axes}
+    seed0, seed1 = 'this project, seed 0', 'this project, seed 1'
+    assert colours['cartpole_balance'][seed0] == colours['cheetah_run'][seed0] != colours['cheetah_run'][seed1]
+    assert colours['cheetah_run'][seed1] == colours['finger_spin'][seed1]
+    assert [ax.get_legend() is not None for ax in axes] == [True, True, False]
+    assert (tmp_path / 'curves.png').exists()
