@@ -43,7 +43,6 @@ episodes per 10k env steps (training episodes) or per evaluation. `--episodes 0`
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 
@@ -71,8 +70,7 @@ def stall_rows(rewards: list[np.ndarray], tail: int = 250, threshold: float = 0.
     rows = []
     for reward in rewards:
         reward = np.asarray(reward, np.float64).reshape(-1)
-        last = reward[-tail:] if len(reward) else reward
-        still = float(np.mean(last < threshold)) if len(last) else 0.0
+        still = float(np.mean(reward[-tail:] < threshold)) if len(reward) else 0.0
         rows.append(dict(ret=float(reward.sum()), length=len(reward), still=still, stalled=bool(still >= share)))
     return rows
 
@@ -433,9 +431,9 @@ def report(result: dict) -> str:
 
 
 def episode_files(folder: str, last: int) -> list[str]:
-    """The episodes of a run's `train_eps`/`eval_eps` in the order they were written (names start with a UTC
-    timestamp); the last `last`, or all for 0."""
-    files = sorted(glob.glob(os.path.join(folder, '*.npz')))
+    """The last `last` episodes (all for 0) of a run's `train_eps`/`eval_eps`, in the order they were written."""
+    import replay
+    files = replay.list_episodes(folder, recursive=False)
     return files[-last:] if last > 0 else files
 
 
@@ -446,14 +444,17 @@ def stalls_main(args) -> int:
     if not config:
         print(f"Error: no readable config.yaml in '{run}': --stalls needs a dreamer.py run folder.", file=sys.stderr)
         return 2
-    every = episode_files(os.path.join(run, f'{args.source}_eps'), 0)
+    import replay
+    folder = os.path.join(run, f'{args.source}_eps')
+    every = episode_files(folder, 0)      # all of them: the env step (or evaluation) of each counts what came before
     if not every:
-        print(f"Error: no episodes in '{os.path.join(run, f'{args.source}_eps')}'.", file=sys.stderr)
+        print(f"Error: no episodes in '{folder}'.", file=sys.stderr)
         return 2
-    rewards = [np.load(f)['reward'][1:] for f in every]   # entry 0 is the reset observation's (reward 0)
+    # entry 0 of an episode is the reset observation's (reward 0)
+    rewards = [replay.load_episode(f, ['reward'])['reward'][1:] for f in every]
     rows = stall_rows(rewards, args.stall_tail, args.stall_reward, args.stall_share)
     repeat, per_eval = int(config.get('action_repeat', 1)), int(config.get('eval_episodes', 10))
-    skipped = len(rows) - len(episode_files(os.path.join(run, f'{args.source}_eps'), args.episodes))
+    skipped = max(0, len(rows) - args.episodes) if args.episodes > 0 else 0
     first = sum(r['length'] for r in rows[:skipped]) * repeat
     print(f"{run}: {len(rows) - skipped} of {len(rows)} {args.source} episodes; still = reward below "
           f"{args.stall_reward:g} per agent step; stalled = still in at least {args.stall_share:.0%} of the last "
