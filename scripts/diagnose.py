@@ -10,6 +10,7 @@ actually followed. The checks of docs/learning.md's investigation, for a run tha
     python scripts/diagnose.py RUN --source eval --episodes 10 --imagine --frames imagination.png
     python scripts/diagnose.py RUN --source eval --episodes 10 --imagine_variants   # sampling or closed loop?
     python scripts/diagnose.py RUN --stalls --episodes 0                  # which episodes end standing still
+    python scripts/diagnose.py RUN --reward_refit --episodes 0 --threads 2  # is the reward head behind its data?
 
 Rewards are per agent step (the sum over `action_repeat` env steps), as the model sees them. The realized return at
 step t is sum_k discount^k r[t+k] up to the episode's end; it is compared with the critic only for steps whose
@@ -39,6 +40,15 @@ the share of its last `--stall_tail` agent steps (default 250, half a DMC episod
 `--stall_reward` (0.02); an episode with at least `--stall_share` (40 %) of them *stalls*, i.e. ends lying on the floor or
 standing still (cheetah_run's reward is ~0 whenever the body does not move forward). Then the count of stalled
 episodes per 10k env steps (training episodes) or per evaluation. `--episodes 0` reads every episode.
+
+`--reward_refit` asks whether the reward head's errors on *still* steps (reward below `--stall_reward`) come from
+too little training or from states new to it. On the posterior features of the chosen episodes (observed in
+consecutive windows of the run's `batch_length`, as in training; the features stay fixed) it compares, on the
+still steps and on the others: the run's head; the run's head trained on for `--refit_steps` more Adam steps on
+all the episodes (the run's reward learning rate, batches of batch_size x batch_length steps); and a new head of the
+same size fitted on all but the last `--held_out` episodes, on those and on the held-out ones. The run's head well
+above the refitted one on the same steps is a head lagging behind its own data; the new head far off on the held-out
+episodes only is a reward that does not carry over to the newest states.
 """
 from __future__ import annotations
 
@@ -407,6 +417,91 @@ def training_batch(agent, episodes: list[dict], batch: int, length: int, seed: i
     return agent.training_batch(buffer.sample(batch, length))
 
 
+def reward_features(wm, episodes: list[dict], window: int):
+    """Posterior features (n, F) of `episodes` observed in consecutive windows of `window` agent steps, each from a
+    fresh state, without each window's first step (no information about the reward that led to it); returns
+    (features, rewards (n,), episode index (n,))."""
+    import torch
+    feats, rewards, index = [], [], []
+    with torch.no_grad():
+        for i, ep in enumerate(episodes):
+            for start in range(0, len(ep['reward']) - window + 1, window):
+                out, _ = observe_window(wm, ep, start, start + window)
+                feats.append(wm.rssm.feat(out['post'])[0, 1:].float())
+                rewards.append(ep['reward'][start + 1:start + window].astype(np.float32))
+                index.append(np.full(window - 1, i))
+    return torch.cat(feats), np.concatenate(rewards), np.concatenate(index)
+
+
+def fit_reward_head(head, feats, rewards: np.ndarray, steps: int, lr: float, batch: int, seed: int = 0,
+                    eps: float = 1e-5):
+    """`steps` Adam steps of the unit-variance Gaussian NLL of `head` on (feats,
+    rewards), uniform minibatches of `batch` steps; trains `head` in place and returns it."""
+    import torch
+    head.requires_grad_(True)
+    opt = torch.optim.Adam(head.parameters(), lr=lr, eps=eps)
+    target = torch.as_tensor(rewards)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        pick = torch.randint(len(target), (batch,), generator=gen)
+        loss = 0.5 * (head(feats[pick]).float() - target[pick]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    head.requires_grad_(False)
+    return head
+
+
+def reward_refit(agent, episodes: list[dict], held_out: int, steps: int, still: float = 0.02, seed: int = 0) -> list:
+    """The `--reward_refit` rows: (name, steps of which, mse, still steps: count, mean true, mean predicted,
+    other steps: count, mean true, mean predicted). The agent's own head is left as it was."""
+    import copy
+
+    import torch
+
+    import networks
+    config = agent.config
+    window = min(config.batch_length, min(len(ep['reward']) for ep in episodes))
+    feats, rewards, index = reward_features(agent.wm, episodes, window)
+    batch = config.batch_size * config.batch_length
+    fit_part = index < len(episodes) - held_out
+
+    def row(name, part, head, mask):
+        with torch.no_grad():
+            pred = head(feats[torch.as_tensor(mask)]).float().numpy()
+        true = rewards[mask]
+        low = true < still
+        mean = lambda x: float(x.mean()) if len(x) else float('nan')
+        return (name, part, float(((pred - true) ** 2).mean()), int(low.sum()), mean(true[low]), mean(pred[low]),
+                int((~low).sum()), mean(true[~low]), mean(pred[~low]))
+
+    every = np.ones(len(rewards), bool)
+    rows = [row("the run's head", 'all', agent.wm.reward, every)]
+    if held_out:
+        rows.append(row("the run's head", f'last {held_out}', agent.wm.reward, ~fit_part))
+    fit = dict(steps=steps, lr=config.model_lr, batch=batch, seed=seed, eps=config.opt_eps)
+    refit = fit_reward_head(copy.deepcopy(agent.wm.reward).float(), feats, rewards, **fit)
+    rows.append(row(f'run head + {steps} steps', 'all', refit, every))
+    if held_out:
+        rows.append(row(f'run head + {steps} steps', f'last {held_out}', refit, ~fit_part))
+    if held_out and fit_part.any():
+        torch.manual_seed(seed)
+        new = networks.DenseHead(feats.shape[1], config.reward_layers, config.units)
+        new = fit_reward_head(new, feats[torch.as_tensor(fit_part)], rewards[fit_part], **fit)
+        rows.append(row(f'new head, {steps} steps', 'fitted on', new, fit_part))
+        rows.append(row(f'new head, {steps} steps', f'held out: last {held_out}', new, ~fit_part))
+    return rows
+
+
+def reward_refit_report(rows: list, still: float) -> str:
+    lines = [f'reward head on fixed posterior features; still = true reward below {still:g} per agent step',
+             f"  {'head':<26} {'episodes':<20} {'mse':>7} | {'still steps':>11} {'true':>6} {'pred':>6} | "
+             f"{'others':>6} {'true':>6} {'pred':>6}"]
+    lines += [f'  {n:<26} {p:<20} {m:7.4f} | {k:11d} {t:6.3f} {q:6.3f} | {k2:6d} {t2:6.3f} {q2:6.3f}'
+              for n, p, m, k, t, q, k2, t2, q2 in rows]
+    return '\n'.join(lines)
+
+
 def gradient_report(result: dict, precision: str) -> str:
     name = {'bf16': 'bf16', '16': 'fp16'}[precision]
     lines = [f'one update\'s gradients, {name} autocast vs fp32 (same weights, batch and seeds):',
@@ -495,6 +590,11 @@ def main(argv=None) -> int:
     parser.add_argument('--stall_reward', type=float, default=0.02, help='--stalls: a step below this is still')
     parser.add_argument('--stall_share', type=float, default=0.4,
                         help='--stalls: an episode stalls when at least this share of its tail is still')
+    parser.add_argument('--reward_refit', action='store_true',
+                        help='only: the run\'s reward head against the same head trained on and a new head fitted '
+                             'without the last --held_out episodes, on still and other steps (see above)')
+    parser.add_argument('--refit_steps', type=int, default=3000, help='--reward_refit: Adam steps of each fit')
+    parser.add_argument('--held_out', type=int, default=12, help='--reward_refit: the last N episodes held out')
     parser.add_argument('--imagine', action='store_true',
                         help='also, per episode: the actor\'s imagined rewards and returns from the visited states '
                              'against what followed (model exploitation: imagination better than the episodes)')
@@ -524,6 +624,13 @@ def main(argv=None) -> int:
         print(f'{ckpt}: {len(files)} episodes, a batch of {config.batch_size} x {length}, {args.seeds} seeds')
         result = gradient_agreement(agent, data, args.gradients, range(args.seeds), args.terms)
         print(gradient_report(result, args.gradients))
+        return 0
+    if args.reward_refit:
+        held_out = min(args.held_out, len(files) - 1)
+        print(f'{ckpt}: {len(files)} {args.source} episodes, the last {held_out} held out for the new head, '
+              f'{args.refit_steps} Adam steps per fit')
+        print(reward_refit_report(reward_refit(agent, episodes, held_out, args.refit_steps, args.stall_reward),
+                                  args.stall_reward))
         return 0
     window = min(args.window, min(len(ep['reward']) for ep in episodes))
     horizons = [int(h) for h in args.horizons.split(',') if h]

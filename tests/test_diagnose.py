@@ -317,3 +317,73 @@ def test_stalls_command_reads_a_run_folder(tmp_path, capsys):
     assert '2 of 4 eval episodes' in out and 'evaluation 2: 2 of 2' in out and 'evaluation 1' not in out
     assert diagnose.main([str(tmp_path), '--stalls']) == 2          # not a run folder: one clear error
     assert 'config.yaml' in capsys.readouterr().err
+
+
+def refit_agent_and_episodes():
+    agent, _ = tiny_agent_and_batch('--batch_length', '10', '--batch_size', '2')
+    rng = np.random.default_rng(4)
+    episodes = []
+    for _ in range(3):
+        reward = rng.uniform(0.5, 2, 30).astype(np.float32)
+        reward[rng.uniform(0, 1, 30) < 0.4] = 0.0                     # still steps
+        episodes.append(dict(image=rng.integers(0, 255, (30, 64, 64, 3), dtype=np.uint8),
+                             action=rng.uniform(-1, 1, (30, 2)).astype(np.float32), reward=reward,
+                             is_first=np.eye(1, 30, dtype=bool)[0]))
+    return agent, episodes
+
+
+def test_reward_features_are_the_training_windows_posteriors():
+    agent, episodes = refit_agent_and_episodes()
+    feats, rewards, index = diagnose.reward_features(agent.wm, episodes, 10)
+    assert feats.shape[0] == len(rewards) == len(index) == 3 * 3 * 9
+    with torch.no_grad():
+        out = agent.wm.observe(dict(image=torch.as_tensor(episodes[1]['image'][20:30][None]),
+                                    action=torch.as_tensor(episodes[1]['action'][20:30][None]),
+                                    reward=torch.as_tensor(episodes[1]['reward'][20:30][None]),
+                                    is_first=torch.eye(1, 10)), sample=False)
+        direct = agent.wm.rssm.feat(out['post'])[0, 1:]
+    rows = np.flatnonzero(index == 1)[18:27]                          # episode 1, its third window
+    assert torch.allclose(feats[rows], direct, atol=1e-6)
+    assert np.array_equal(rewards[rows], episodes[1]['reward'][21:30])
+
+
+def test_reward_refit_rows_and_the_agent_left_alone():
+    agent, episodes = refit_agent_and_episodes()
+    before = [p.clone() for p in agent.wm.reward.parameters()]
+    feats, rewards, index = diagnose.reward_features(agent.wm, episodes, 10)
+    with torch.no_grad():
+        pred = agent.wm.reward(feats).numpy()
+    still = rewards < 0.02
+    rows = diagnose.reward_refit(agent, episodes, held_out=1, steps=0)
+    name, part, mse, n_still, true_still, pred_still, n_other, true_other, pred_other = rows[0]
+    assert (name, part) == ("the run's head", 'all')
+    assert mse == pytest.approx(np.mean((pred - rewards) ** 2), rel=1e-5)
+    assert (n_still, n_other) == (still.sum(), (~still).sum()) and true_still == 0.0
+    assert pred_still == pytest.approx(pred[still].mean(), rel=1e-5)
+    assert true_other == pytest.approx(rewards[~still].mean(), rel=1e-5)
+    assert rows[1][1] == 'last 1' and rows[1][3] + rows[1][6] == (index == 2).sum()
+    assert rows[2][2:] == pytest.approx(rows[0][2:])                  # no steps: the run's head itself
+    assert [r[1] for r in rows[4:]] == ['fitted on', 'held out: last 1']
+    assert rows[4][3] + rows[4][6] == (index < 2).sum()
+    rows = diagnose.reward_refit(agent, episodes, held_out=1, steps=150)
+    # random rewards: a fit reaches at best about their variance (predicting their mean); the untrained head is far off
+    assert rows[0][2] > 1.5 * rewards.var() and rows[2][2] < 1.05 * rewards.var()        # trained on
+    assert rows[4][2] < 1.05 * rewards[index < 2].var()               # the new head fits what it was given
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.wm.reward.parameters()))
+    assert not any(p.requires_grad for p in agent.wm.reward.parameters())
+    text = diagnose.reward_refit_report(rows, 0.02)
+    assert 'held out: last 1' in text and 'run head + 150 steps' in text
+
+
+def test_reward_refit_command(tmp_path, monkeypatch, capsys):
+    import replay
+    agent, episodes = refit_agent_and_episodes()
+    for ep in episodes:
+        replay.save_episode(str(tmp_path / 'train_eps'), ep)
+    monkeypatch.setattr(agents, 'load_agent', lambda path, overrides=None: (agent, agent.config,
+                                                                            str(tmp_path / 'checkpoint.pt')))
+    assert diagnose.main([str(tmp_path), '--reward_refit', '--episodes', '0', '--held_out', '5',
+                          '--refit_steps', '3']) == 0
+    out = capsys.readouterr().out
+    assert '3 train episodes, the last 2 held out' in out and '3 Adam steps per fit' in out   # held_out capped
+    assert out.count('\n') == 1 + 2 + 6 and 'held out: last 2' in out
