@@ -438,13 +438,15 @@ def fit_reward_head(head, feats, rewards: np.ndarray, steps: int, lr: float, bat
     """`steps` Adam steps of the unit-variance Gaussian NLL of `head` on (feats,
     rewards), uniform minibatches of `batch` steps; trains `head` in place and returns it."""
     import torch
+
+    import tools
     head.requires_grad_(True)
     opt = torch.optim.Adam(head.parameters(), lr=lr, eps=eps)
     target = torch.as_tensor(rewards)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         pick = torch.randint(len(target), (batch,), generator=gen)
-        loss = 0.5 * (head(feats[pick]).float() - target[pick]).pow(2).mean()
+        loss = tools.gaussian_nll(head(feats[pick]), target[pick], 0).mean()     # the world model's reward loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -466,30 +468,30 @@ def reward_refit(agent, episodes: list[dict], held_out: int, steps: int, still: 
     batch = config.batch_size * config.batch_length
     fit_part = index < len(episodes) - held_out
 
-    def row(name, part, head, mask):
+    def predict(head):
         with torch.no_grad():
-            pred = head(feats[torch.as_tensor(mask)]).float().numpy()
-        true = rewards[mask]
+            return head(feats).float().numpy()
+
+    def row(name, part, pred, mask):
+        pred, true = pred[mask], rewards[mask]
         low = true < still
         mean = lambda x: float(x.mean()) if len(x) else float('nan')
         return (name, part, float(((pred - true) ** 2).mean()), int(low.sum()), mean(true[low]), mean(pred[low]),
                 int((~low).sum()), mean(true[~low]), mean(pred[~low]))
 
-    every = np.ones(len(rewards), bool)
-    rows = [row("the run's head", 'all', agent.wm.reward, every)]
-    if held_out:
-        rows.append(row("the run's head", f'last {held_out}', agent.wm.reward, ~fit_part))
+    parts = [('all', np.ones(len(rewards), bool))] + ([(f'last {held_out}', ~fit_part)] if held_out else [])
     fit = dict(steps=steps, lr=config.model_lr, batch=batch, seed=seed, eps=config.opt_eps)
     refit = fit_reward_head(copy.deepcopy(agent.wm.reward).float(), feats, rewards, **fit)
-    rows.append(row(f'run head + {steps} steps', 'all', refit, every))
-    if held_out:
-        rows.append(row(f'run head + {steps} steps', f'last {held_out}', refit, ~fit_part))
+    rows = []
+    for name, head in (("the run's head", agent.wm.reward), (f'run head + {steps} steps', refit)):
+        pred = predict(head)
+        rows += [row(name, part, pred, mask) for part, mask in parts]
     if held_out and fit_part.any():
         torch.manual_seed(seed)
         new = networks.DenseHead(feats.shape[1], config.reward_layers, config.units)
-        new = fit_reward_head(new, feats[torch.as_tensor(fit_part)], rewards[fit_part], **fit)
-        rows.append(row(f'new head, {steps} steps', 'fitted on', new, fit_part))
-        rows.append(row(f'new head, {steps} steps', f'held out: last {held_out}', new, ~fit_part))
+        pred = predict(fit_reward_head(new, feats[torch.as_tensor(fit_part)], rewards[fit_part], **fit))
+        rows.append(row(f'new head, {steps} steps', 'fitted on', pred, fit_part))
+        rows.append(row(f'new head, {steps} steps', f'held out: last {held_out}', pred, ~fit_part))
     return rows
 
 
