@@ -32,8 +32,8 @@ from tools import ConfigError
 # Keys a later start of a run may change (each change is recorded in <logdir>/resumes.jsonl); every other key defines
 # the run and must equal the value in its config.yaml.
 RESUMABLE_KEYS = frozenset({
-    'steps', 'threads', 'device', 'precision', 'compile', 'tf32', 'malloc_cache', 'deterministic', 'progress',
-    'tensorboard', 'tensorboard_video', 'wandb', 'log_every', 'logdir', 'logdir_timestamp', 'eval_videos',
+    'steps', 'threads', 'device', 'precision', 'compile', 'compile_mode', 'tf32', 'malloc_cache', 'deterministic',
+    'progress', 'tensorboard', 'tensorboard_video', 'wandb', 'log_every', 'logdir', 'logdir_timestamp', 'eval_videos',
     'checkpoint_every', 'keep_checkpoints', 'pretrain_steps', 'pretrain_save_every', 'model_memory_fraction'})
 FINISHED_FILE = 'finished.json'   # written when training reached --steps (after the final checkpoint)
 _RUN_LOCK: dict = {}               # logdir -> open lock file, held for the life of the process
@@ -500,8 +500,8 @@ def evaluate_only(config, explicit=frozenset()) -> None:
     if config.eval_distractor not in schedule:
         raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
     eval_envs = make_parallel(config, config.seed + 20_000, schedule[config.eval_distractor])
-    run_time = {k: config[k] for k in ('device', 'precision', 'compile', 'tf32', 'eval_state_mean', 'eval_sample',
-                                       'seed')}
+    run_time = {k: config[k] for k in ('device', 'precision', 'compile', 'compile_mode', 'tf32', 'eval_state_mean',
+                                       'eval_sample', 'seed')}
     agent, _, _ = agents.load_agent(path, run_time, state)
     if agent.action_size != eval_envs.action_size:
         raise ConfigError(f"The policy in '{path}' has {agent.action_size} actions but {config.task} has "
@@ -593,7 +593,7 @@ def pretrain_video(config) -> None:
     wm = models.WorldModel(config, config.pretrain_action_num, spec).to(config.device)
     opt = tools.Optimizer.for_config('model', wm.parameters(), config.model_lr, config)
     if config.compile:
-        models.compile_world_model(wm)
+        models.compile_world_model(wm, config.compile_mode)
     total = max(1, config.pretrain_steps // config.batch_size)
     state_path = os.path.join(logdir, 'pretrain_state.pt')
     start = 0

@@ -585,6 +585,7 @@ class Agent(nn.Module):
 
     def update(self, batch: dict, step: int) -> dict:
         """One world-model and one actor-critic update; metrics stay tensors (no host sync here)."""
+        tools.mark_update_begin(self.config)
         data = self.training_batch(batch)
         out, metrics = self.update_world_model(data, step)
         metrics.update(self.update_behavior(out))
@@ -682,25 +683,26 @@ def compile_networks(agent: 'Agent') -> None:
     The RSSM's per-step functions are compiled rather than the whole 50-step scan, which keeps compile times short;
     any compilation error falls back to eager execution with a warning (`tools.compiled`).
     """
-    behavior = agent.behavior
-    compile_world_model(agent.wm)
+    behavior, mode = agent.behavior, agent.config.get('compile_mode', 'default')
+    compile_world_model(agent.wm, mode)
     for module in (behavior.actor, behavior.critic, behavior.slow_critic):
-        module.forward = tools.compiled(module.forward, type(module).__name__)
+        module.forward = tools.compiled(module.forward, type(module).__name__, mode)
 
 
-def compile_world_model(wm: WorldModel) -> None:
+def compile_world_model(wm: WorldModel, mode: str = 'default') -> None:
     """torch.compile a world model's encoder, decoder, reward head and RSSM steps (see `compile_networks`)."""
     for module in (wm.encoder, wm.decoder, wm.reward):
         if module is not None:
-            module.forward = tools.compiled(module.forward, type(module).__name__)
+            module.forward = tools.compiled(module.forward, type(module).__name__, mode)
     for rssm in (wm.rssm, wm.video_rssm):
         if rssm is not None:
-            rssm.img_step = tools.compiled(rssm.img_step, 'RSSM.img_step')
-            rssm.obs_step = tools.compiled(rssm.obs_step, 'RSSM.obs_step')
+            rssm.img_step = tools.compiled(rssm.img_step, 'RSSM.img_step', mode)
+            rssm.obs_step = tools.compiled(rssm.obs_step, 'RSSM.obs_step', mode)
 
 
 def video_model_update(wm: WorldModel, opt: tools.Optimizer, data: dict, step: int) -> dict:
     """One update of the action-free video model (stage 1) on a batch of `image` (uint8) and `is_first`."""
+    tools.mark_update_begin(wm.config)
     with tools.autocast(wm.config):
         loss, _, metrics = wm.loss(data, step)
     metrics['model_grad_norm'] = opt.step(loss)

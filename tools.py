@@ -290,6 +290,8 @@ def finalize_config(config: Config) -> Config:
     config.precision = str(config.precision)
     if config.precision not in ('32', 'bf16', '16'):
         raise ConfigError(f"--precision must be 32, bf16 or 16, got '{config.precision}'.")
+    if config.get('compile_mode', 'default') not in COMPILE_MODES:
+        raise ConfigError(f"--compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{config.compile_mode}'.")
     if config.batch_size < 1 or config.batch_length < 2:
         raise ConfigError('--batch_size must be >= 1 and --batch_length >= 2.')
     for key, low in POSITIVE_KEYS.items():
@@ -889,9 +891,12 @@ def timestamp() -> str:
     return datetime.datetime.now().strftime('%Y%m%dT%H%M%S')
 
 
-def compiled(fn, name: str):
-    """torch.compile(fn), falling back to the eager function (once, with a warning) if compilation fails."""
-    compiled_fn = torch.compile(fn, dynamic=False)
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+def compiled(fn, name: str, mode: str = 'default'):
+    """torch.compile(fn, mode=mode), falling back to the eager function (once, with a warning) if compilation fails."""
+    compiled_fn = torch.compile(fn, dynamic=False, mode=mode)
     state = {'fn': compiled_fn}
 
     def call(*args, **kwargs):
@@ -906,3 +911,16 @@ def compiled(fn, name: str):
             return fn(*args, **kwargs)
     call.compiled = compiled_fn
     return call
+
+
+def uses_cuda_graphs(config) -> bool:
+    """Whether `--compile` records CUDA graphs (mode reduce-overhead or max-autotune on a GPU): each update then starts
+    a new graph generation (`torch.compiler.cudagraph_mark_step_begin`)."""
+    return (bool(config.get('compile')) and str(config.get('device', 'cpu')).startswith('cuda')
+            and config.get('compile_mode', 'default') in ('reduce-overhead', 'max-autotune'))
+
+
+def mark_update_begin(config) -> None:
+    """Tell torch.compile's CUDA-graph trees that a new update (iteration) starts; nothing otherwise."""
+    if uses_cuda_graphs(config):
+        torch.compiler.cudagraph_mark_step_begin()

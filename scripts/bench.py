@@ -93,7 +93,7 @@ def child(args) -> dict:
     if args.mode == 'pretrain':
         wm = models.WorldModel(config, 2, models.METHOD_SPECS['pretrain']).to(config.device)
         if config.compile:
-            models.compile_world_model(wm)
+            models.compile_world_model(wm, config.compile_mode)
         opt = tools.Optimizer.for_config('model', wm.parameters(), config.model_lr, config)
 
         def update(data):      # what `dreamer.py --beta_vae_pretrain True` does per update
@@ -107,8 +107,9 @@ def child(args) -> dict:
     else:
         agent = models.Agent(config, A)
 
-        def update(data):
+        def update(data):      # what Agent.update does, with the world model and behaviour timed apart
             t0 = time.perf_counter()
+            tools.mark_update_begin(config)
             out, metrics = agent.update_world_model(data, 10_000)
             sync()
             t1 = time.perf_counter()
@@ -154,7 +155,8 @@ def child(args) -> dict:
                 peak_mem_gb=peak, peak_kind='cuda_max_allocated' if cuda else 'process_max_rss',
                 gflop_per_update=flops / 1e9 if flops else None,
                 gflops=flops / 1e9 / median if flops else None,
-                device=args.device, precision=args.precision, compile=bool(args.compile), tf32=config.tf32,
+                device=args.device, precision=args.precision, compile=bool(args.compile),
+                compile_mode=config.compile_mode if args.compile else None, tf32=config.tf32,
                 malloc_cache=malloc_cache,
                 torch=torch.__version__, threads=torch.get_num_threads(), final_loss=losses[-1])
 

@@ -170,3 +170,38 @@ def test_bf16_lambda_returns_are_fp32(monkeypatch):
     assert out['bf16']['reward'] == out['bf16']['value'] == out['bf16']['target'].dtype == torch.float32
     # same weights, same noise: the bf16 targets differ from fp32 only by the hidden layers' rounding (~0.1 %)
     torch.testing.assert_close(out['bf16']['target'], out['32']['target'], rtol=0.01, atol=0.1)
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(monkeypatch, capsys):
+    """`--compile_mode` is handed to every torch.compile call; a compile failure falls back to eager with a warning;
+    with CUDA graphs (reduce-overhead / max-autotune on a GPU) each update marks a new graph generation, and in every
+    other case nothing is marked. An unknown mode is one clear error."""
+    import pytest
+    modes, marks = [], []
+
+    def fake_compile(fn, dynamic, mode):
+        modes.append(mode)
+
+        def broken(*args, **kwargs):
+            raise RuntimeError('no compiler here')
+        return broken
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    monkeypatch.setattr(torch.compiler, 'cudagraph_mark_step_begin', lambda: marks.append(1))
+    cfg = tools.make_config(['--configs', 'defaults', 'dmc2gym', '--logdir', '/tmp/x', '--device', 'cpu', '--compile',
+                             'True', '--compile_mode', 'max-autotune-no-cudagraphs', *SMALL])
+    agent = models.Agent(cfg, 2)
+    assert modes and set(modes) == {'max-autotune-no-cudagraphs'}
+    rng = np.random.default_rng(0)
+    batch = dict(image=rng.integers(0, 255, (2, 8, 64, 64, 3), dtype=np.uint8),
+                 action=rng.uniform(-1, 1, (2, 8, 2)).astype(np.float32),
+                 reward=rng.normal(size=(2, 8)).astype(np.float32), is_first=np.eye(1, 8, 0, bool).repeat(2, 0))
+    metrics = agent.update(batch, 0)            # every compiled call fails -> eager, and the update still trains
+    assert np.isfinite(float(metrics['model_loss'])) and 'running it eagerly' in capsys.readouterr().err
+    assert marks == []                          # no CUDA graphs in this mode (and not on a CPU)
+    for device, mode, marked in [('cuda', 'reduce-overhead', True), ('cuda:1', 'max-autotune', True),
+                                 ('cuda', 'default', False), ('cpu', 'reduce-overhead', False)]:
+        marks.clear()
+        tools.mark_update_begin(tools.Config(dict(compile=True, device=device, compile_mode=mode)))
+        assert marks == ([1] if marked else []), (device, mode)
+    with pytest.raises(tools.ConfigError, match='--compile_mode must be one of default, reduce-overhead'):
+        tools.make_config(['--configs', 'defaults', '--logdir', 'x', '--device', 'cpu', '--compile_mode', 'fast'])
