@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 sys.path.insert(0, ROOT)
 
 import rundata  # noqa: E402
+import sweep  # noqa: E402
 
 REFERENCE = os.path.join(ROOT, 'scripts', 'reference', 'dreamerv2_dmc_vision.json')
 TASKS = ('cartpole_balance', 'finger_spin', 'cheetah_run')
@@ -619,7 +620,12 @@ def run_stage(name: str, cmd: list[str], dry_run: bool) -> int:
         return 0
     print(f'== {name}', flush=True)
     start = time.time()
-    rc = subprocess.call(cmd, cwd=ROOT, env=dict(os.environ, MUJOCO_GL=os.environ.get('MUJOCO_GL', 'egl')))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, MUJOCO_GL=os.environ.get('MUJOCO_GL', 'egl')))
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:        # Ctrl-C, or SIGTERM (sweep.interrupt_on_sigterm): the run stops with us
+        sweep.stop_runs([(name, proc)], 'rerun the same command to resume it')
+        raise SystemExit(130)
     print(f'== {name}: exit {rc} after {(time.time() - start) / 60:.1f} min', flush=True)
     return rc
 
@@ -642,7 +648,6 @@ def launch(stages, args) -> int:
     <run>/stdout.log, one lock per run folder, pretraining before the runs that load it). Unfinished runs only."""
     if args.jobs == 1 or args.dry_run:
         return run_stages(stages, args.dry_run)
-    import sweep
     todo = []
     for label, done, cmd, folder, kind, needs in stages:
         if done():
@@ -711,6 +716,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+    sweep.interrupt_on_sigterm()
     try:
         sys.exit(main())
     except BrokenPipeError:          # e.g. `--status | head -3`: the reader left; say nothing more

@@ -24,6 +24,7 @@ import os
 import queue
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -339,6 +340,28 @@ def _duration(seconds: float) -> str:
     return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{sec:02d}s'
 
 
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (`kill`, `timeout`, a scheduler) stops a launcher the way Ctrl-C does, so that it stops its runs too
+    instead of leaving them training on as orphans that hold their run folders' locks. Call from the main thread."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def stop_runs(procs: list[tuple[str, subprocess.Popen]], resume: str) -> None:
+    """Stops each child run still alive (SIGTERM, SIGKILL after 30 s), telling how to resume it."""
+    for logdir, proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+        print(f'Interrupted: stopped {logdir} (pid {proc.pid}); {resume}.', file=sys.stderr)
+    for _, proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
     """`jobs` runs at a time, each once the run it loads from has finished (pretraining and teachers first, runs that
     load nothing beside them); returns the number of failed runs."""
@@ -419,14 +442,7 @@ def launch_local(runs: list[Run], jobs: int, gpus: list[str]) -> int:
         pool.shutdown(wait=False, cancel_futures=True)
         with lock:
             procs = list(live.items())
-        for logdir, proc in procs:
-            proc.terminate()
-            print(f'Interrupted: stopped {logdir} (pid {proc.pid}); rerun the sweep to resume it.', file=sys.stderr)
-        for _, proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_runs(procs, 'rerun the sweep to resume it')
         raise SystemExit(130)
     pool.shutdown()
 
@@ -657,4 +673,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+    interrupt_on_sigterm()
     sys.exit(main())

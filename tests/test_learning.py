@@ -1,6 +1,7 @@
 """scripts/learning.py: the protocol's dreamer.py commands, and the table and plot read from metrics files and the
 shipped published curves."""
 import datetime
+import time
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import tools
-from helpers import load_script
+from helpers import ROOT, load_script
 
 learning = load_script('learning')
 
@@ -376,3 +377,38 @@ def test_plot_gives_a_seed_one_colour_and_lists_every_seed(tmp_path, monkeypatch
     assert colours['cheetah_run'][seed1] == colours['finger_spin'][seed1]
     assert [ax.get_legend() is not None for ax in axes] == [True, True, False]
     assert (tmp_path / 'curves.png').exists()
+
+
+@pytest.mark.parametrize('jobs', [1, 2])
+def test_sigterm_to_the_protocol_stops_its_runs(tmp_path, jobs):
+    """`kill` / `timeout` / a scheduler's SIGTERM to scripts/learning.py (one run at a time, or several through the
+    sweep launcher) stops the dreamer.py runs it started, instead of leaving them training as orphans that hold
+    their run folders' locks; it exits 130 and says how to resume."""
+    import signal
+    import textwrap
+    pid_files = [str(tmp_path / f'child_{i}.pid') for i in range(jobs)]
+    launcher = textwrap.dedent(f'''
+        import os, sys, time
+        sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r})
+        import learning, sweep
+        sweep.interrupt_on_sigterm()                     # what learning.py's __main__ does
+        child = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+        pid_files = {pid_files!r}
+        stages = [(f'run {{i}}', lambda: False, [sys.executable, '-c', child, path], os.path.join({str(tmp_path)!r},
+                   f'run_{{i}}'), 'online', None) for i, path in enumerate(pid_files)]
+        args = learning.parse_args(['--jobs', '{jobs}', '--root', {str(tmp_path)!r}])
+        sys.exit(learning.launch(stages, args))
+        ''')
+    proc = subprocess.Popen([sys.executable, '-c', launcher], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while not all(os.path.exists(p) and open(p).read() for p in pid_files) and time.time() < deadline:
+        time.sleep(0.05)
+    children = [int(open(p).read()) for p in pid_files]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    for pid in children:                  # reaped by the launcher: no such process any more
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert err.count('Interrupted: stopped') == jobs and 'resume' in err
