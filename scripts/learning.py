@@ -2,7 +2,7 @@
 DreamerV2 curves; and the small-scale DisWM-vs-DreamerV2 comparison under the colour distractor.
 
     python scripts/learning.py                                   # 3 tasks x seed 0, 60k env steps each, then report
-    python scripts/learning.py --tasks cartpole_balance --seeds 0,1 --precision auto
+    python scripts/learning.py --tasks cartpole_balance --seeds 0,1 --precision 32    # fp32 on any machine
     python scripts/learning.py --report_only                     # table + PNG from the runs on disk
     python scripts/learning.py --report_only --compare runs/learning_bf16   # the same runs made differently, side by side
     python scripts/learning.py --dry_run                         # print the commands, run nothing
@@ -93,8 +93,9 @@ def _dreamer(task: str, flags: dict, args) -> list[str]:
 
 def build_command(task: str, seed: int, args) -> list[str]:
     """The dreamer.py command of one protocol run (flags in a fixed order, so reruns are the same command)."""
-    flags = dict(PROTOCOL, steps=str(args.steps), precision=args.precision, seed=str(seed), threads=str(args.threads),
-                 logdir=run_dir(args.root, task, seed), progress=str(args.progress))
+    logdir = run_dir(args.root, task, seed)
+    flags = dict(PROTOCOL, steps=str(args.steps), precision=run_precision(logdir, args), seed=str(seed),
+                 threads=str(args.threads), logdir=logdir, progress=str(args.progress))
     return _dreamer(task, flags, args)
 
 
@@ -122,14 +123,14 @@ def diswm_stages(args, seed: int) -> list[tuple[str, str, list[str]]]:
             'beta_vae_pretrain': 'True', 'beta_vae': 'True', 'pretrain_action_num': str(DISWM_SOURCE_ACTIONS),
             'pretrain_datasets_path': videos, 'batch_size': '16', 'batch_length': '50',
             'pretrain_steps': str(args.pretrain_updates * 16), 'pretrain_save_every': '1000',
-            'precision': args.precision, 'seed': str(seed), 'threads': str(args.threads), 'logdir': pretrain,
-            'progress': str(args.progress)}, args)),
+            'precision': run_precision(pretrain, args), 'seed': str(seed), 'threads': str(args.threads),
+            'logdir': pretrain, 'progress': str(args.progress)}, args)),
     ]
     online = {k: v for k, v in PROTOCOL.items() if k not in ('method_name', 'clean_render')}
     for method, method_flags in DISWM_METHODS.items():
         logdir = os.path.join(root, args.target, method, f'seed_{seed}')
         flags = dict(online, **method_flags, color_distractor='True', steps=str(args.steps),
-                     precision=args.precision, seed=str(seed), threads=str(args.threads), logdir=logdir,
+                     precision=run_precision(logdir, args), seed=str(seed), threads=str(args.threads), logdir=logdir,
                      progress=str(args.progress))
         if method == 'diswm':
             flags.update(pretrain_checkpoint_path=pretrain, pretrain_action_num=str(DISWM_SOURCE_ACTIONS))
@@ -553,11 +554,11 @@ def parse_args(argv=None):
     parser.add_argument('--tasks', type=words, default=list(TASKS), help='DMC tasks without the dmc2gym_ prefix')
     parser.add_argument('--seeds', type=lambda t: [int(s) for s in words(t)], default=[0])
     parser.add_argument('--steps', type=int, default=60_000, help='env steps per run (default 60k)')
-    parser.add_argument('--precision', default='32', choices=['32', 'auto', 'bf16', '16'],
-                        help='32 (the protocol) | auto: bf16 for CPU runs where the CPU has hardware bf16 '
-                             '(AVX-512 BF16 / AMX), else 32 (also on GPUs, where bf16 is slower) | bf16 | 16. bf16 is '
-                             'faster on such CPUs but not yet shown to learn as fp32 (docs/learning.md, '
-                             '"The protocol")')
+    parser.add_argument('--precision', default='auto', choices=['auto', '32', 'bf16', '16'],
+                        help='auto (the protocol): bf16 for CPU runs where the CPU has hardware bf16 (AVX-512 BF16 / '
+                             'AMX), else 32 (also on GPUs, where bf16 is slower); a run already started keeps the '
+                             'precision it was started with | 32 | bf16 | 16 (docs/learning.md, "The protocol": '
+                             'fp32 and bf16 learned alike within seed noise in two pairs)')
     parser.add_argument('--jobs', type=int, default=1,
                         help='runs at a time. 1: one after another, output on the console; more: output in '
                              '<run>/stdout.log (on this 2-core machine 2 runs of 1 thread make ~10%% more updates per '
@@ -600,9 +601,21 @@ def parse_args(argv=None):
         args.compare = [root for root in args.compare.split(',') if root]
         if not args.compare:
             parser.error('--compare needs at least one results folder')
-    if args.precision == 'auto':
+    args.auto_precision = args.precision == 'auto'
+    if args.auto_precision:
         args.precision = auto_precision(args.extra)
     return args
+
+
+def run_precision(run: str, args) -> str:
+    """The precision of one run's command: the one asked for; under `--precision auto`, a run folder that already
+    holds a run keeps the precision that run was started with (a resume on another machine, or after the default
+    changed, does not switch it halfway)."""
+    if getattr(args, 'auto_precision', False):
+        recorded = rundata.read_config(run).get('precision')
+        if recorded is not None:
+            return str(recorded)
+    return args.precision
 
 
 def auto_precision(extra: list[str]) -> str:

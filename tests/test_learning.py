@@ -70,8 +70,8 @@ def test_auto_precision_is_bf16_only_for_cpu_runs_on_a_cpu_with_hardware_bf16(mo
 def test_default_protocol_covers_three_tasks_at_60k():
     args = learning.parse_args([])
     assert args.tasks == ['cartpole_balance', 'finger_spin', 'cheetah_run'] and args.steps == 60_000
-    assert args.seeds == [0] and args.precision == '32'           # bf16 is not the protocol until a pair shows it
-    auto = learning.parse_args(['--precision', 'auto', '--', '--device', 'cpu']).precision
+    assert args.seeds == [0] and args.auto_precision               # bf16 on CPUs with hardware bf16 (two pairs)
+    auto = learning.parse_args(['--', '--device', 'cpu']).precision
     assert auto == ('bf16' if tools.cpu_has_native_bf16() else '32')
     assert learning.parse_args(['--precision', 'bf16']).precision == 'bf16'
     with pytest.raises(SystemExit):
@@ -412,3 +412,18 @@ def test_sigterm_to_the_protocol_stops_its_runs(tmp_path, jobs):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert err.count('Interrupted: stopped') == jobs and 'resume' in err
+
+
+def test_auto_precision_keeps_the_precision_a_run_was_started_with(tmp_path, monkeypatch):
+    """A run folder that already holds a run resumes in its recorded precision under `--precision auto` (another
+    machine, or a changed default, must not switch it halfway); an explicit --precision is taken as asked."""
+    monkeypatch.setattr(tools, 'cpu_has_native_bf16', lambda: True)
+    started = tmp_path / 'cartpole_balance' / 'seed_0'
+    started.mkdir(parents=True)
+    (started / 'config.yaml').write_text("precision: '32'\nseed: 0\n")
+    args = learning.parse_args(['--root', str(tmp_path), '--', '--device', 'cpu'])
+    assert args.precision == 'bf16'
+    assert resolved(learning.build_command('cartpole_balance', 0, args)).precision == '32'   # resumes in fp32
+    assert resolved(learning.build_command('cartpole_balance', 1, args)).precision == 'bf16'  # a new run
+    explicit = learning.parse_args(['--root', str(tmp_path), '--precision', 'bf16', '--', '--device', 'cpu'])
+    assert resolved(learning.build_command('cartpole_balance', 0, explicit)).precision == 'bf16'
