@@ -5,6 +5,7 @@
 #    torch.compile in its default and CUDA-graph modes); 2. a short protocol run on the GPU (its clocks split env
 #    stepping, updates and evaluation); 3. the tests that touch the device paths, with a GPU visible.
 # Each step gets a timeout from what is left of the budget; JSON lines and logs go to OUT_DIR.
+# DEVICE=cpu runs the same steps on the CPU (slow: a dry run of the script itself before a GPU session).
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-runs/gpu_bench}
@@ -12,6 +13,7 @@ BUDGET=${2:-480}
 mkdir -p "$OUT_DIR"
 export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
 START=$(date +%s)
 step() {   # step MAX_SECONDS NAME command...: run with a timeout of min(MAX, what is left), log to OUT_DIR/NAME.log
   local max=$1 name=$2; shift 2
@@ -22,17 +24,18 @@ step() {   # step MAX_SECONDS NAME command...: run with a timeout of min(MAX, wh
   timeout "$t" "$@" > "$OUT_DIR/$name.log" 2>&1
   echo "   rc $? after $(( $(date +%s) - START ))s"; tail -n 4 "$OUT_DIR/$name.log"
 }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT_DIR/machine.txt"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU"; } \
+  | tee "$OUT_DIR/machine.txt"
 $PY -c "import torch, mujoco; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'mujoco', mujoco.__version__, \
 'cpus', __import__('os').cpu_count())" | tee -a "$OUT_DIR/machine.txt"
 OFFICIAL="--dyn_stoch 32 --dyn_discrete 32 --cnn_depth 48 --reward_layers 4 --value_layers 4 --reward_scale 1.0 --weight_decay_step 1e-6"
-BENCH="$PY scripts/bench.py --batch 16 --length 50 --device cuda --threads 6 --flops False --out $OUT_DIR/bench.jsonl"
+BENCH="$PY scripts/bench.py --batch 16 --length 50 --device $DEVICE --threads 6 --flops False --out $OUT_DIR/bench.jsonl"
 step 60 eager_default $BENCH --mode dreamerv2
 step 60 eager_official $BENCH --mode dreamerv2 -- $OFFICIAL
 step 150 compile_official $BENCH --mode dreamerv2 --compile True -- $OFFICIAL
 step 180 cudagraphs_official $BENCH --mode dreamerv2 --compile True -- $OFFICIAL --compile_mode reduce-overhead
 step 150 protocol_slice $PY scripts/learning.py --model official --tasks cheetah_run --seeds 0 --steps 3000 \
-  --root "$OUT_DIR/learning" --progress False -- --device cuda --threads 6
+  --root "$OUT_DIR/learning" --progress False -- --device $DEVICE --threads 6
 $PY - "$OUT_DIR" <<'PYEOF' | tee "$OUT_DIR/protocol_clocks.txt"
 import glob, json, sys
 for path in glob.glob(f'{sys.argv[1]}/learning/*/seed_*/metrics.jsonl'):
