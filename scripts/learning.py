@@ -735,3 +735,6 @@ if __name__ == '__main__':
     except BrokenPipeError:          # e.g. `--status | head -3`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except KeyboardInterrupt:        # between runs or in the report (a running run is stopped by run_stage/launch)
+        print('Interrupted.', file=sys.stderr)
+        sys.exit(130)

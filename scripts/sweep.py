@@ -674,4 +674,8 @@ def main(argv=None) -> int:
 
 if __name__ == '__main__':
     interrupt_on_sigterm()
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:        # outside a local launch (which stops its runs itself): e.g. slurm --wait
+        print('Interrupted.', file=sys.stderr)
+        sys.exit(130)
