@@ -683,7 +683,7 @@ def compile_networks(agent: 'Agent') -> None:
     The RSSM's per-step functions are compiled rather than the whole 50-step scan, which keeps compile times short;
     any compilation error falls back to eager execution with a warning (`tools.compiled`).
     """
-    behavior, mode = agent.behavior, agent.config.get('compile_mode', 'default')
+    behavior, mode = agent.behavior, agent.config.compile_mode
     compile_world_model(agent.wm, mode)
     for module in (behavior.actor, behavior.critic, behavior.slow_critic):
         module.forward = tools.compiled(module.forward, type(module).__name__, mode)

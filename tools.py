@@ -290,7 +290,7 @@ def finalize_config(config: Config) -> Config:
     config.precision = str(config.precision)
     if config.precision not in ('32', 'bf16', '16'):
         raise ConfigError(f"--precision must be 32, bf16 or 16, got '{config.precision}'.")
-    if config.get('compile_mode', 'default') not in COMPILE_MODES:
+    if config.compile_mode not in COMPILE_MODES:
         raise ConfigError(f"--compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{config.compile_mode}'.")
     if config.batch_size < 1 or config.batch_length < 2:
         raise ConfigError('--batch_size must be >= 1 and --batch_length >= 2.')
@@ -916,8 +916,8 @@ def compiled(fn, name: str, mode: str = 'default'):
 def uses_cuda_graphs(config) -> bool:
     """Whether `--compile` records CUDA graphs (mode reduce-overhead or max-autotune on a GPU): each update then starts
     a new graph generation (`torch.compiler.cudagraph_mark_step_begin`)."""
-    return (bool(config.get('compile')) and str(config.get('device', 'cpu')).startswith('cuda')
-            and config.get('compile_mode', 'default') in ('reduce-overhead', 'max-autotune'))
+    return (bool(config.compile) and str(config.device).startswith('cuda')
+            and config.compile_mode in ('reduce-overhead', 'max-autotune'))
 
 
 def mark_update_begin(config) -> None:

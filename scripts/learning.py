@@ -611,7 +611,7 @@ def run_precision(run: str, args) -> str:
     """The precision of one run's command: the one asked for; under `--precision auto`, a run folder that already
     holds a run keeps the precision that run was started with (a resume on another machine, or after the default
     changed, does not switch it halfway)."""
-    if getattr(args, 'auto_precision', False):
+    if args.auto_precision:
         recorded = rundata.read_config(run).get('precision')
         if recorded is not None:
             return str(recorded)
