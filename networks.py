@@ -57,27 +57,36 @@ class _ConvTransposeFn(torch.autograd.Function):
 
 
 def _conv_transpose_by_phases(x, weight, bias, stride: int):
-    """An unpadded transposed convolution whose kernel is m strides wide, as one dense m x m convolution (padding
-    m - 1) with stride^2 x C_out channels followed by pixel_shuffle: output pixel (s q + a, s r + b) is
-    sum_{i,j < m} x[q - i, r - j] W[a + s i, b + s j]. Same products and sums; on CPUs the convolution kernel is much
-    faster than the transposed one when C_out is small (DreamerV2's 32->3 output layer: 148 -> 66 ms forward)."""
+    """An unpadded transposed convolution as one dense m x m convolution (padding m - 1, m = ceil(kernel / stride))
+    with stride^2 x C_out channels followed by pixel_shuffle: output pixel (s q + a, s r + b) is
+    sum_{i,j < m} x[q - i, r - j] W[a + s i, b + s j]. Same products and sums. A kernel that is not a multiple of the
+    stride is padded with zero taps at its end; they only reach the last kernel - stride * m output rows and columns,
+    which are cropped. On CPUs the dense convolution is much faster than the transposed one when C_out is small
+    (DreamerV2's 32->3 output layer: 148 -> 66 ms forward) and in bf16 (its 128->64 kernel-5 layer: 80 -> 21 ms)."""
     c_in, c_out, k = weight.shape[0], weight.shape[1], weight.shape[2]
-    m = k // stride
+    m = -(-k // stride)
+    extra = m * stride - k
+    if extra:
+        weight = F.pad(weight, (0, extra, 0, extra))
     w = weight.reshape(c_in, c_out, m, stride, m, stride).flip(2, 4)            # (ci, co, i', a, j', b), i' = m-1-i
     w = w.permute(1, 3, 5, 0, 2, 4).reshape(c_out * stride * stride, c_in, m, m)
     b = bias.repeat_interleave(stride * stride) if bias is not None else None
-    return F.pixel_shuffle(F.conv2d(x, w, b, padding=m - 1), stride)
+    out = F.pixel_shuffle(F.conv2d(x, w, b, padding=m - 1), stride)
+    if extra:
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        out = out[:, :, :out.shape[2] - extra, :out.shape[3] - extra].contiguous(memory_format=layout)
+    return out
 
 
 def conv_transpose(layer: nn.ConvTranspose2d, x: torch.Tensor, phases: bool = False) -> torch.Tensor:
     """`layer(x)` (same math) with the faster backward of `_ConvTransposeFn`; follows autocast like the layer.
 
     `phases`: compute the forward as a dense convolution + pixel_shuffle (`_conv_transpose_by_phases`; needs no
-    padding and a kernel that is a multiple of the stride)."""
+    padding and equal strides and kernel sizes in both directions)."""
     assert layer.dilation == (1, 1) and layer.groups == 1 and layer.output_padding == (0, 0)
     if phases:
         assert layer.padding == (0, 0) and layer.stride[0] == layer.stride[1] and \
-            layer.kernel_size[0] == layer.kernel_size[1] and layer.kernel_size[0] % layer.stride[0] == 0
+            layer.kernel_size[0] == layer.kernel_size[1]
     weight, bias = layer.weight, layer.bias
     device = x.device.type
     if torch.is_autocast_enabled(device):
@@ -88,12 +97,14 @@ def conv_transpose(layer: nn.ConvTranspose2d, x: torch.Tensor, phases: bool = Fa
         return _ConvTransposeFn.apply(x, weight, bias, list(layer.stride), list(layer.padding), phases)
 
 
-def run_deconvs(layers: nn.Sequential, x: torch.Tensor, phases_last: bool = False) -> torch.Tensor:
-    """A Sequential of transposed convolutions and activations, the convolutions through `conv_transpose`
-    (the last one by phases when `phases_last`)."""
-    for i, layer in enumerate(layers):
+def run_deconvs(layers: nn.Sequential, x: torch.Tensor, phases: tuple[int, ...] = ()) -> torch.Tensor:
+    """A Sequential of transposed convolutions and activations, the convolutions through `conv_transpose`; the
+    convolutions whose positions among them are in `phases` (0 = the first) compute their forward by phases."""
+    convs = 0
+    for layer in layers:
         if isinstance(layer, nn.ConvTranspose2d):
-            x = conv_transpose(layer, x, phases=phases_last and i == len(layers) - 1)
+            x = conv_transpose(layer, x, phases=convs in phases)
+            convs += 1
         else:
             x = layer(x)
     return x
@@ -346,6 +357,14 @@ class BetaVAEDecoder(nn.Module):
         return run_deconvs(self.deconvs[2:], x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
 
 
+def _bf16_on_cpu(x: torch.Tensor) -> bool:
+    """Whether convolutions on x run in bf16 on a CPU (x is bf16, or bf16 autocast is on)."""
+    if x.device.type != 'cpu':
+        return False
+    return x.dtype == torch.bfloat16 or (torch.is_autocast_enabled('cpu') and
+                                         torch.get_autocast_dtype('cpu') == torch.bfloat16)
+
+
 class ConvDecoder(nn.Module):
     """DreamerV2's conv decoder: Linear -> 32*depth x 1 x 1 -> ConvT kernels [5, 5, 6, 6] -> 64x64x3 mean."""
 
@@ -365,8 +384,11 @@ class ConvDecoder(nn.Module):
         lead = feat.shape[:-1]
         x = self.linear(feat.reshape(-1, feat.shape[-1]))
         x = conv_transpose_1x1_input(self.deconvs[0], x)             # 1024x1x1 -> 128x5x5
-        # the 32->3 output layer (kernel 6 = 3 strides, no padding) runs by phases (2x faster forward on CPUs)
-        return run_deconvs(self.deconvs[1:], x, phases_last=True).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
+        # Forwards by phases (docs/benchmarks.md): the 32->3 output layer (2-3x faster on CPUs), and in bf16 on CPUs
+        # also the 128->64 kernel-5 layer (oneDNN's bf16 transposed convolution is slow there: 80 -> 21 ms at 800
+        # images; in fp32 the phase form is a little slower). The 64->32 layer gains nothing either way.
+        phases = (0, 2) if _bf16_on_cpu(x) else (2,)
+        return run_deconvs(self.deconvs[1:], x, phases=phases).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
 
 
 def mlp(inp: int, out: int, layers: int, units: int) -> nn.Sequential:

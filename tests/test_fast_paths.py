@@ -160,7 +160,8 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_turned_off():
 
 @pytest.mark.parametrize('channels_last', [True, False])
 @pytest.mark.parametrize('shape', [(32, 3, 4, 2, 1, 8, False), (16, 8, 6, 2, 0, 5, False), (8, 4, 5, 2, 0, 3, False),
-                                   (16, 3, 6, 2, 0, 5, True), (8, 4, 4, 2, 0, 3, True), (6, 5, 6, 3, 0, 4, True)])
+                                   (16, 3, 6, 2, 0, 5, True), (8, 4, 4, 2, 0, 3, True), (6, 5, 6, 3, 0, 4, True),
+                                   (8, 4, 5, 2, 0, 3, True), (6, 5, 7, 3, 0, 4, True), (5, 3, 3, 2, 0, 4, True)])
 def test_conv_transpose_matches_the_layer_with_all_gradients(shape, channels_last):
     """networks.conv_transpose (bias gradient as a sum; forward by phases where asked) against
     nn.ConvTranspose2d: output and every gradient."""
@@ -182,10 +183,10 @@ def test_conv_transpose_matches_the_layer_with_all_gradients(shape, channels_las
         assert torch.allclose(plain, fast, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('phases', [False, True])
-def test_conv_transpose_follows_autocast(phases):
+@pytest.mark.parametrize('phases,kernel', [(False, 6), (True, 6), (True, 5)])
+def test_conv_transpose_follows_autocast(phases, kernel):
     torch.manual_seed(0)
-    layer = torch.nn.ConvTranspose2d(8, 4, 6, 2, 0 if phases else 1)
+    layer = torch.nn.ConvTranspose2d(8, 4, kernel, 2, 0 if phases else 1)
     x = torch.randn(3, 8, 5, 5)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         plain, fast = layer(x), networks.conv_transpose(layer, x, phases)
@@ -207,3 +208,30 @@ def test_decoder_parameter_gradients_match_plain_networks():
         g_plain = torch.autograd.grad(plain.square().sum(), params)
         for a, b in zip(g_fast, g_plain):
             assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
+
+
+def test_bf16_decoder_takes_the_phase_forward_and_matches_the_plain_network(monkeypatch):
+    """In bf16 on a CPU, ConvDecoder's kernel-5 and output layers run their forward by phases (the fp32 decoder only
+    the output layer); output and parameter gradients match the plain layers under the same autocast."""
+    torch.manual_seed(0)
+    dec = networks.ConvDecoder(250, 8)
+    feat = torch.randn(2, 3, 250)
+    calls = []
+    original = networks.conv_transpose
+    monkeypatch.setattr(networks, 'conv_transpose', lambda layer, x, phases=False: (
+        calls.append((layer.kernel_size[0], phases)), original(layer, x, phases))[1])
+    dec(feat)
+    assert calls == [(5, False), (6, False), (6, True)]
+    calls.clear()
+    params = list(dec.deconvs.parameters())
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        fast = dec(feat)
+        plain = dec.deconvs(dec.linear(feat.reshape(-1, 250))[:, :, None, None]).permute(0, 2, 3, 1)
+        g_fast = torch.autograd.grad(fast.float().square().sum(), params)
+        g_plain = torch.autograd.grad(plain.float().square().sum(), params)
+    assert calls == [(5, True), (6, False), (6, True)]
+    assert fast.dtype == torch.bfloat16
+    scale = plain.float().abs().max().item()
+    assert torch.allclose(fast.float().reshape(plain.shape), plain.float(), rtol=0, atol=2e-2 * scale)
+    for a, b in zip(g_fast, g_plain):
+        assert torch.allclose(a, b, rtol=0, atol=3e-2 * b.abs().max().item())
