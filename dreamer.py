@@ -164,7 +164,6 @@ def prepare_logdir(config, check_identity: bool = True) -> str:
 def configure_torch(config) -> None:
     tools.set_seed(config.seed, config.deterministic)
     tools.keep_freed_memory(config.malloc_cache)
-    tools.flush_denormal(config.flush_denormal)   # before the first parallel op: worker threads inherit it
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.precision == 'bf16' and str(config.device) == 'cpu' and not tools.cpu_has_native_bf16():

@@ -414,17 +414,6 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {'avx512_bf16', 'amx_bf16'})
 
 
-def flush_denormal(enabled: bool = True) -> bool:
-    """Sets the CPU to flush denormal floats to zero (FTZ/DAZ) on this thread, or back to IEEE behaviour; returns
-    whether the CPU supports it (x86 with SSE3). Threads created afterwards, such as torch's OpenMP workers on their
-    first parallel op, inherit the setting, so call it before any parallel op (`dreamer.configure_torch` does).
-
-    Denormals (|x| < 1.2e-38, in fp32 and bf16 alike) appear as a run trains: in a finger_spin run's 60k checkpoint a
-    bf16 update took 0.83-0.87 s with them and 0.74 s without, where fresh weights take the same either way
-    (docs/benchmarks.md, session 23). Flushing changes only values below 1.2e-38."""
-    return bool(torch.set_flush_denormal(bool(enabled)))
-
-
 def keep_freed_memory(enabled: bool = True) -> bool:
     """Make glibc's malloc keep freed blocks in the process instead of handing them back to the OS.
 

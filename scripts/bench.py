@@ -63,7 +63,6 @@ def child(args) -> dict:
 
     torch.set_num_threads(args.threads)
     malloc_cache = tools.keep_freed_memory(args.malloc_cache)
-    tools.flush_denormal(True)   # as dreamer.py does by default (--flush_denormal)
     B, L = args.batch[0], args.length
     tmp = tempfile.mkdtemp()
     argv = ['--configs', 'defaults', 'dmc2gym', '--batch_size', str(B), '--batch_length', str(L), '--device',
