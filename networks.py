@@ -60,7 +60,7 @@ def _conv_transpose_by_phases(x, weight, bias, stride: int):
     """An unpadded transposed convolution as one dense m x m convolution (padding m - 1, m = ceil(kernel / stride))
     with stride^2 x C_out channels followed by pixel_shuffle: output pixel (s q + a, s r + b) is
     sum_{i,j < m} x[q - i, r - j] W[a + s i, b + s j]. Same products and sums. A kernel that is not a multiple of the
-    stride is padded with zero taps at its end; they only reach the last kernel - stride * m output rows and columns,
+    stride is padded with zero taps at its end; they only reach the last stride * m - kernel output rows and columns,
     which are cropped. On CPUs the dense convolution is much faster than the transposed one when C_out is small
     (DreamerV2's 32->3 output layer: 148 -> 66 ms forward) and in bf16 (its 128->64 kernel-5 layer: 80 -> 21 ms)."""
     c_in, c_out, k = weight.shape[0], weight.shape[1], weight.shape[2]
