@@ -74,8 +74,14 @@ def _conv_transpose_by_phases(x, weight, bias, stride: int):
     out = F.pixel_shuffle(F.conv2d(x, w, b, padding=m - 1), stride)
     if extra:
         layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        out = out[:, :, :out.shape[2] - extra, :out.shape[3] - extra].contiguous(memory_format=layout)
+        out = out[:, :, :-extra, :-extra].contiguous(memory_format=layout)
     return out
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a layer applied to x computes in: autocast's on x's device when it is on, else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def conv_transpose(layer: nn.ConvTranspose2d, x: torch.Tensor, phases: bool = False) -> torch.Tensor:
@@ -90,7 +96,7 @@ def conv_transpose(layer: nn.ConvTranspose2d, x: torch.Tensor, phases: bool = Fa
     weight, bias = layer.weight, layer.bias
     device = x.device.type
     if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
+        dtype = compute_dtype(x)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     with torch.autocast(device, enabled=False):
@@ -357,14 +363,6 @@ class BetaVAEDecoder(nn.Module):
         return run_deconvs(self.deconvs[2:], x).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
 
 
-def _bf16_on_cpu(x: torch.Tensor) -> bool:
-    """Whether convolutions on x run in bf16 on a CPU (x is bf16, or bf16 autocast is on)."""
-    if x.device.type != 'cpu':
-        return False
-    return x.dtype == torch.bfloat16 or (torch.is_autocast_enabled('cpu') and
-                                         torch.get_autocast_dtype('cpu') == torch.bfloat16)
-
-
 class ConvDecoder(nn.Module):
     """DreamerV2's conv decoder: Linear -> 32*depth x 1 x 1 -> ConvT kernels [5, 5, 6, 6] -> 64x64x3 mean."""
 
@@ -387,7 +385,8 @@ class ConvDecoder(nn.Module):
         # Forwards by phases (docs/benchmarks.md): the 32->3 output layer (2-3x faster on CPUs), and in bf16 on CPUs
         # also the 128->64 kernel-5 layer (oneDNN's bf16 transposed convolution is slow there: 80 -> 21 ms at 800
         # images; in fp32 the phase form is a little slower). The 64->32 layer gains nothing either way.
-        phases = (0, 2) if _bf16_on_cpu(x) else (2,)
+        bf16_on_cpu = x.device.type == 'cpu' and compute_dtype(x) == torch.bfloat16
+        phases = (0, 2) if bf16_on_cpu else (2,)
         return run_deconvs(self.deconvs[1:], x, phases=phases).permute(0, 2, 3, 1).reshape(*lead, 64, 64, 3)
 
 
