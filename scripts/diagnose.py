@@ -10,6 +10,7 @@ actually followed. The checks of docs/learning.md's investigation, for a run tha
     python scripts/diagnose.py RUN --source eval --episodes 10 --imagine --frames imagination.png
     python scripts/diagnose.py RUN --source eval --episodes 10 --imagine_variants   # sampling or closed loop?
     python scripts/diagnose.py RUN --stalls --episodes 0                  # which episodes end standing still
+    python scripts/diagnose.py RUN --actions --source eval --episodes 10  # does the policy hold a joint still?
     python scripts/diagnose.py RUN --reward_refit --episodes 0 --threads 2  # is the reward head behind its data?
 
 Rewards are per agent step (the sum over `action_repeat` env steps), as the model sees them. The realized return at
@@ -40,6 +41,10 @@ the share of its last `--stall_tail` agent steps (default 250, half a DMC episod
 `--stall_reward` (0.02); an episode with at least `--stall_share` (40 %) of them *stalls*, i.e. ends lying on the floor or
 standing still (cheetah_run's reward is ~0 whenever the body does not move forward). Then the count of stalled
 episodes per 10k env steps (training episodes) or per evaluation. `--episodes 0` reads every episode.
+`--actions` (no model either) prints per episode, for each action dimension, the mean action, the share of steps
+with |a| > 0.95 and the number of sign changes between consecutive agent steps, then their averages per 10k env
+steps or per evaluation: a policy stuck holding one joint to one side shows a mean far from 0 with few sign changes
+(finger_spin seed 1 at 60k, docs/learning.md).
 
 `--reward_refit` asks whether the reward head's errors on *still* steps (reward below `--stall_reward`) come from
 too little training or from states new to it. On the posterior features of the chosen episodes (observed in
@@ -85,27 +90,82 @@ def stall_rows(rewards: list[np.ndarray], tail: int = 250, threshold: float = 0.
     return rows
 
 
+def episode_positions(lengths: list[int], source: str, action_repeat: int, per_eval: int, first_step: int = 0,
+                      first_index: int = 0, group_steps: int = 10000) -> list[tuple[str, int]]:
+    """(label, group) per episode: training episodes by the env step they end at (their lengths summed, prefill
+    included, from `first_step`) in groups of `group_steps`; evaluation episodes by evaluation (`per_eval` each,
+    numbered from 1 at episode index 0; `first_index` is the first episode's index)."""
+    out, step = [], first_step
+    for i, length in enumerate(lengths, first_index):
+        if source == 'train':
+            step += length * action_repeat
+            out.append((f'{step}', (step - 1) // group_steps))
+        else:
+            out.append((f'{i // per_eval + 1}, {i % per_eval + 1}', i // per_eval))
+    return out
+
+
+def group_name(key: int, source: str, group_steps: int = 10000) -> str:
+    if source == 'train':
+        return f'{key * group_steps / 1000:g}k-{(key + 1) * group_steps / 1000:g}k env steps'
+    return f'evaluation {key + 1}'
+
+
+def position_label(source: str) -> str:
+    return 'env step at its end' if source == 'train' else 'evaluation, episode'
+
+
 def stall_report(rows: list[dict], source: str, action_repeat: int, per_eval: int, first_step: int = 0,
                  first_index: int = 0, group_steps: int = 10000) -> str:
-    """One line per episode and the stalled count per group: training episodes by the env step they end at (their
-    lengths summed, prefill included, from `first_step`) in groups of `group_steps`, evaluation episodes by
-    evaluation (`per_eval` each, numbered from 1 at episode index 0; `first_index` is the first row's index)."""
-    lines, groups, step = [], {}, first_step
-    label = 'env step at its end' if source == 'train' else 'evaluation, episode'
-    lines.append(f'{label:>20} {"return":>8} {"still (tail)":>12}  stalled')
-    for i, row in enumerate(rows, first_index):
-        if source == 'train':
-            step += row['length'] * action_repeat
-            key, where = (step - 1) // group_steps, f'{step}'
-        else:
-            key, where = i // per_eval, f'{i // per_eval + 1}, {i % per_eval + 1}'
+    """One line per episode and the stalled count per group (groups as in `episode_positions`)."""
+    lines, groups = [f'{position_label(source):>20} {"return":>8} {"still (tail)":>12}  stalled'], {}
+    places = episode_positions([r['length'] for r in rows], source, action_repeat, per_eval, first_step,
+                               first_index, group_steps)
+    for row, (where, key) in zip(rows, places):
         groups.setdefault(key, []).append(row['stalled'])
         lines.append(f"{where:>20} {row['ret']:8.1f} {row['still']:12.0%}  {'yes' if row['stalled'] else ''}")
     lines.append('stalled episodes per ' + (f'{group_steps} env steps:' if source == 'train' else 'evaluation:'))
     for key, flags in sorted(groups.items()):
-        span = (f'{key * group_steps / 1000:g}k-{(key + 1) * group_steps / 1000:g}k env steps' if source == 'train'
-                else f'evaluation {key + 1}')
-        lines.append(f'  {span}: {sum(flags)} of {len(flags)}')
+        lines.append(f'  {group_name(key, source, group_steps)}: {sum(flags)} of {len(flags)}')
+    return '\n'.join(lines)
+
+
+def action_rows(actions: list[np.ndarray], rewards: list[np.ndarray], saturated: float = 0.95) -> list[dict]:
+    """Per episode (per-agent-step actions T x A and rewards): its return and, per action dimension, the mean action,
+    the share of steps with |a| > `saturated` and the number of sign changes between consecutive steps (a policy
+    holding one joint to one side: a mean far from 0 and few sign changes)."""
+    rows = []
+    for action, reward in zip(actions, rewards):
+        action = np.asarray(action, np.float64).reshape(len(action), -1)
+        changes = np.count_nonzero(np.diff(action >= 0, axis=0), axis=0) if len(action) > 1 else np.zeros(
+            action.shape[1], int)
+        rows.append(dict(ret=float(np.sum(reward)), length=len(action), mean=action.mean(0),
+                         saturated=np.mean(np.abs(action) > saturated, 0), changes=changes))
+    return rows
+
+
+def action_report(rows: list[dict], source: str, action_repeat: int, per_eval: int, first_step: int = 0,
+                  first_index: int = 0, group_steps: int = 10000) -> str:
+    """One line per episode (return; per action dimension: mean, saturated share, sign changes) and per group the
+    averages of each (groups as in `episode_positions`)."""
+    dims = len(rows[0]['mean']) if rows else 0
+    head = f'{position_label(source):>20} {"return":>8} | ' + ' | '.join(
+        f'a[{d}] mean  sat  changes' for d in range(dims))
+    lines, groups = [head], {}
+
+    def cells(mean, sat, changes):
+        return ' | '.join(f'{m:+9.2f} {s:4.0%} {c:8.0f}' for m, s, c in zip(mean, sat, changes))
+
+    places = episode_positions([r['length'] for r in rows], source, action_repeat, per_eval, first_step,
+                               first_index, group_steps)
+    for row, (where, key) in zip(rows, places):
+        groups.setdefault(key, []).append(row)
+        lines.append(f"{where:>20} {row['ret']:8.1f} | {cells(row['mean'], row['saturated'], row['changes'])}")
+    lines.append('averages per ' + (f'{group_steps} env steps:' if source == 'train' else 'evaluation:'))
+    for key, group in sorted(groups.items()):
+        avg = [np.mean([r[k] for r in group], 0) for k in ('mean', 'saturated', 'changes')]
+        lines.append(f"{group_name(key, source, group_steps):>20} {np.mean([r['ret'] for r in group]):8.1f} | "
+                     f'{cells(*avg)}')
     return '\n'.join(lines)
 
 
@@ -534,12 +594,14 @@ def episode_files(folder: str, last: int) -> list[str]:
     return files[-last:] if last > 0 else files
 
 
-def stalls_main(args) -> int:
+def episodes_main(args) -> int:
+    """--stalls and --actions: reports read from the episodes and config.yaml alone (no model)."""
     import rundata
     run = os.path.dirname(args.run) if args.run.endswith('.pt') else args.run
     config = rundata.read_config(run)
+    what = ' and '.join(flag for flag, on in (('--stalls', args.stalls), ('--actions', args.actions)) if on)
     if not config:
-        print(f"Error: no readable config.yaml in '{run}': --stalls needs a dreamer.py run folder.", file=sys.stderr)
+        print(f"Error: no readable config.yaml in '{run}': {what} needs a dreamer.py run folder.", file=sys.stderr)
         return 2
     import replay
     folder = os.path.join(run, f'{args.source}_eps')
@@ -547,16 +609,25 @@ def stalls_main(args) -> int:
     if not every:
         print(f"Error: no episodes in '{folder}'.", file=sys.stderr)
         return 2
-    # entry 0 of an episode is the reset observation's (reward 0)
-    rewards = [replay.load_episode(f, ['reward'])['reward'][1:] for f in every]
-    rows = stall_rows(rewards, args.stall_tail, args.stall_reward, args.stall_share)
+    # entry 0 of an episode is the reset observation's (reward 0, action 0)
+    keys = ['reward'] + (['action'] if args.actions else [])
+    data = [replay.load_episode(f, keys) for f in every]
+    rewards = [ep['reward'][1:] for ep in data]
     repeat, per_eval = int(config.get('action_repeat', 1)), int(config.get('eval_episodes', 10))
-    skipped = max(0, len(rows) - args.episodes) if args.episodes > 0 else 0
-    first = sum(r['length'] for r in rows[:skipped]) * repeat
-    print(f"{run}: {len(rows) - skipped} of {len(rows)} {args.source} episodes; still = reward below "
-          f"{args.stall_reward:g} per agent step; stalled = still in at least {args.stall_share:.0%} of the last "
-          f"{args.stall_tail} agent steps")
-    print(stall_report(rows[skipped:], args.source, repeat, per_eval, first, skipped))
+    lengths = [len(r) for r in rewards]
+    skipped = max(0, len(every) - args.episodes) if args.episodes > 0 else 0
+    where = dict(first_step=sum(lengths[:skipped]) * repeat, first_index=skipped)
+    if args.stalls:
+        rows = stall_rows(rewards, args.stall_tail, args.stall_reward, args.stall_share)
+        print(f"{run}: {len(rows) - skipped} of {len(rows)} {args.source} episodes; still = reward below "
+              f"{args.stall_reward:g} per agent step; stalled = still in at least {args.stall_share:.0%} of the last "
+              f"{args.stall_tail} agent steps")
+        print(stall_report(rows[skipped:], args.source, repeat, per_eval, **where))
+    if args.actions:
+        rows = action_rows([ep['action'][1:] for ep in data], rewards)
+        print(f"{run}: {len(rows) - skipped} of {len(rows)} {args.source} episodes; per action dimension: mean "
+              f"action, share of steps with |a| > 0.95 (sat), sign changes between consecutive agent steps")
+        print(action_report(rows[skipped:], args.source, repeat, per_eval, **where))
     return 0
 
 
@@ -588,6 +659,10 @@ def main(argv=None) -> int:
     parser.add_argument('--stalls', action='store_true',
                         help='only (no model loaded): per episode its return and whether it ends standing still '
                              '(see the module docstring); --episodes 0 for all')
+    parser.add_argument('--actions', action='store_true',
+                        help='only (no model loaded): per episode its return and, per action dimension, the mean '
+                             'action, the share of saturated steps and the sign changes (a policy stuck holding a '
+                             'joint); with --stalls, both reports')
     parser.add_argument('--stall_tail', type=int, default=250, help='--stalls: the last N agent steps looked at')
     parser.add_argument('--stall_reward', type=float, default=0.02, help='--stalls: a step below this is still')
     parser.add_argument('--stall_share', type=float, default=0.4,
@@ -601,8 +676,8 @@ def main(argv=None) -> int:
                         help='also, per episode: the actor\'s imagined rewards and returns from the visited states '
                              'against what followed (model exploitation: imagination better than the episodes)')
     args = parser.parse_args(argv)
-    if args.stalls:
-        return stalls_main(args)
+    if args.stalls or args.actions:
+        return episodes_main(args)
     import torch
 
     import agents

@@ -319,6 +319,50 @@ def test_stalls_command_reads_a_run_folder(tmp_path, capsys):
     assert 'config.yaml' in capsys.readouterr().err
 
 
+def test_action_rows_match_a_loop():
+    rng = np.random.default_rng(5)
+    held = np.stack([np.clip(-0.9 + 0.05 * rng.standard_normal(300), -1, 1), rng.uniform(-1, 1, 300)], 1)
+    flipping = np.stack([np.where(np.arange(300) % 2, 1.0, -1.0), np.zeros(300)], 1)
+    rewards = [np.zeros(300), np.ones(300)]
+    rows = diagnose.action_rows([held, flipping], rewards)
+    for action, reward, row in zip((held, flipping), rewards, rows):
+        for d in range(2):
+            column = list(action[:, d])
+            changes = sum(1 for a, b in zip(column, column[1:]) if (a >= 0) != (b >= 0))
+            assert row['changes'][d] == changes
+            assert row['mean'][d] == pytest.approx(sum(column) / len(column))
+            assert row['saturated'][d] == pytest.approx(sum(1 for a in column if abs(a) > 0.95) / len(column))
+        assert row['ret'] == pytest.approx(sum(reward)) and row['length'] == 300
+    assert rows[0]['changes'][0] == 0 and rows[1]['changes'][0] == 299 and rows[1]['saturated'][0] == 1.0
+    assert rows[1]['changes'][1] == 0                       # zeros count as non-negative: no sign change
+
+
+def test_actions_command_reads_a_run_folder(tmp_path, capsys):
+    import replay
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'config.yaml').write_text('action_repeat: 2\neval_episodes: 2\n')
+    held, flipping = np.full((501, 2), -1.0, np.float32), np.ones((501, 2), np.float32)
+    flipping[::2] = -1.0
+    held[0] = flipping[0] = 0.0                            # the reset entry carries no action
+    for source, actions in (('train', [held, flipping]), ('eval', [held, held, flipping, flipping])):
+        for action in actions:
+            replay.save_episode(str(run / f'{source}_eps'), dict(
+                image=np.zeros((501, 1, 1, 3), np.uint8), action=action, reward=np.full(501, 0.5, np.float32)))
+    assert diagnose.main([str(run), '--actions', '--episodes', '0']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert '2 of 2 train episodes' in lines[0]
+    assert lines[2].split() == ['1000', '250.0', '|', '-1.00', '100%', '0', '|', '-1.00', '100%', '0']
+    assert lines[3].split() == ['2000', '250.0', '|', '+0.00', '100%', '499', '|', '+0.00', '100%', '499']
+    assert diagnose.main([str(run), '--actions', '--stalls', '--source', 'eval', '--episodes', '2']) == 0
+    out = capsys.readouterr().out
+    assert 'evaluation 2: 0 of 2' in out and out.count('2 of 4 eval episodes') == 2
+    assert out.splitlines()[-1].split() == ['evaluation', '2', '250.0', '|', '+0.00', '100%', '499', '|', '+0.00',
+                                            '100%', '499']              # the average of evaluation 2's episodes
+    assert diagnose.main([str(tmp_path), '--actions']) == 2          # not a run folder: one clear error
+    assert '--actions needs a dreamer.py run folder' in capsys.readouterr().err
+
+
 def refit_agent_and_episodes():
     agent, _ = tiny_agent_and_batch('--batch_length', '10', '--batch_size', '2')
     rng = np.random.default_rng(4)
