@@ -329,6 +329,8 @@ def train(config) -> None:
         counters['updates'] = saved.get('updates', 0)
         for key in ('time_env', 'time_update', 'time_eval'):
             counters[key] = saved.get(key, 0.0)
+        if 'train_last' in saved:          # checkpoints before session 24 lack it: counting restarts at `step`
+            counters['train_last'] = saved['train_last']
         print(f'Resuming from {ckpt_path}: agent step {step} ({step * repeat} env steps), '
               f'{len(episodes)} episodes on disk, {agent.updates} updates done.')
     elif step > 0:
@@ -342,7 +344,8 @@ def train(config) -> None:
     rng = np.random.default_rng(config.seed + len(episodes))
     prefill_until = step + (max(0, config.prefill - step) if not os.path.exists(ckpt_path) else 0)
     # The schedule, in agent steps (train) and env steps (log, eval); the first training call does `pretrain` updates.
-    train_ratio = tools.Ratio(config.train_every, start=step)
+    # The update schedule's position is part of the checkpoint: a resume keeps the steps updates fall on.
+    train_ratio = tools.Ratio(config.train_every, start=counters.get('train_last', step))
     log_due = tools.Every(config.log_every, start=step * repeat)
     eval_due = tools.Every(config.eval_every, start=step * repeat)
     first_call = counters['updates'] == 0
@@ -384,16 +387,12 @@ def train(config) -> None:
                   f"eval '{schedule['eval_2']}'.")
             logger.scalar('distractor_switch', 1.0)
             logger.scalar('distractor_phase', 2.0)
-        if finished and time.time() - last_save >= config.checkpoint_every * 60 and counters['step'] < total_steps:
-            guard.check()
-            save_checkpoint(ckpt_path, agent, counters, replay, config)   # right after an episode was written
-            last_save = time.time()
-        if counters['step'] < prefill_until:
-            train_ratio.restart(counters['step'])
-            continue
-
         # Train: `train_steps` updates per `train_every` agent steps (once the replay holds a sequence).
-        due = train_ratio(counters['step']) if len(replay) >= config.batch_length else 0
+        prefilling = counters['step'] < prefill_until
+        if prefilling:
+            train_ratio.restart(counters['step'])
+        due = train_ratio(counters['step']) if not prefilling and len(replay) >= config.batch_length else 0
+        counters['train_last'] = train_ratio.last
         if due:
             with timer('time_update'):
                 for _ in range(config.prefill_updates if first_call else due * config.train_steps):
@@ -408,6 +407,14 @@ def train(config) -> None:
                                                            agent.training_batch)
             first_call = False
             counters['updates'] = agent.updates
+        # A periodic checkpoint: on a step that finished an episode (the episodes on disk match it) and after that
+        # step's updates (a resume counts the updates due from its step on; it must find this step's done).
+        if finished and time.time() - last_save >= config.checkpoint_every * 60 and counters['step'] < total_steps:
+            guard.check()
+            save_checkpoint(ckpt_path, agent, counters, replay, config)
+            last_save = time.time()
+        if prefilling:
+            continue
 
         # Log and evaluate (an evaluation also at the end), after checking that nothing became non-finite.
         env_step = counters['step'] * repeat

@@ -80,7 +80,8 @@ def test_same_seed_same_numbers(tmp_path):
 
 def test_killed_run_resumes_without_losing_episodes(tmp_path):
     logdir = str(tmp_path / 'run')
-    args = BASE + ['--logdir', logdir, '--color_distractor', 'True']
+    # A checkpoint at every finished episode: the kill then lands after a periodic one, not an evaluation's.
+    args = BASE + ['--logdir', logdir, '--color_distractor', 'True', '--checkpoint_every', '0.001']
     env = dict(os.environ, MUJOCO_GL='egl', PYTHONUNBUFFERED='1')
     proc = subprocess.Popen([sys.executable, 'dreamer.py', *args, '--steps', '2000'], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,6 +111,15 @@ def test_killed_run_resumes_without_losing_episodes(tmp_path):
     steps = [row['step'] for row in r]
     assert max(steps) == 2 * steps_before * 2 + 120
     assert 'Prefilling' not in out.stdout                       # no second prefill on resume
+    # The update schedule's position is in the checkpoint: the resumed run updates on the same steps as one run
+    # straight through. It used to restart counting at the checkpoint's step, which moved every later update one
+    # or more steps on and lost the last one here (the run ends on a step an update falls on).
+    end = 2 * steps_before * 2 + 128
+    out = run(args + ['--steps', str(end)])
+    straight = str(tmp_path / 'straight')
+    run(BASE + ['--logdir', straight, '--color_distractor', 'True', '--steps', str(end)])
+    done = [json.load(open(os.path.join(d, 'finished.json'))) for d in (logdir, straight)]
+    assert done[0]['updates'] == done[1]['updates'] and done[0]['env_steps'] == done[1]['env_steps']
 
 
 def test_user_errors_exit_cleanly(tmp_path):
