@@ -329,7 +329,7 @@ def train(config) -> None:
         counters['updates'] = saved.get('updates', 0)
         for key in ('time_env', 'time_update', 'time_eval'):
             counters[key] = saved.get(key, 0.0)
-        if 'train_last' in saved:          # checkpoints before session 24 lack it: counting restarts at `step`
+        if 'train_last' in saved:          # older checkpoints lack it: counting restarts at `step`
             counters['train_last'] = saved['train_last']
         print(f'Resuming from {ckpt_path}: agent step {step} ({step * repeat} env steps), '
               f'{len(episodes)} episodes on disk, {agent.updates} updates done.')
