@@ -391,8 +391,10 @@ def train(config) -> None:
         prefilling = counters['step'] < prefill_until
         if prefilling:
             train_ratio.restart(counters['step'])
-        due = train_ratio(counters['step']) if not prefilling and len(replay) >= config.batch_length else 0
-        counters['train_last'] = train_ratio.last
+            due = 0
+        else:
+            due = train_ratio(counters['step']) if len(replay) >= config.batch_length else 0
+        counters['train_last'] = train_ratio.last   # stored in checkpoints: a resume keeps the schedule's position
         if due:
             with timer('time_update'):
                 for _ in range(config.prefill_updates if first_call else due * config.train_steps):

@@ -111,6 +111,10 @@ def group_name(key: int, source: str, group_steps: int = 10000) -> str:
     return f'evaluation {key + 1}'
 
 
+def groups_title(what: str, source: str, group_steps: int = 10000) -> str:
+    return f'{what} per ' + (f'{group_steps} env steps:' if source == 'train' else 'evaluation:')
+
+
 def position_label(source: str) -> str:
     return 'env step at its end' if source == 'train' else 'evaluation, episode'
 
@@ -124,7 +128,7 @@ def stall_report(rows: list[dict], source: str, action_repeat: int, per_eval: in
     for row, (where, key) in zip(rows, places):
         groups.setdefault(key, []).append(row['stalled'])
         lines.append(f"{where:>20} {row['ret']:8.1f} {row['still']:12.0%}  {'yes' if row['stalled'] else ''}")
-    lines.append('stalled episodes per ' + (f'{group_steps} env steps:' if source == 'train' else 'evaluation:'))
+    lines.append(groups_title('stalled episodes', source, group_steps))
     for key, flags in sorted(groups.items()):
         lines.append(f'  {group_name(key, source, group_steps)}: {sum(flags)} of {len(flags)}')
     return '\n'.join(lines)
@@ -137,8 +141,7 @@ def action_rows(actions: list[np.ndarray], rewards: list[np.ndarray], saturated:
     rows = []
     for action, reward in zip(actions, rewards):
         action = np.asarray(action, np.float64).reshape(len(action), -1)
-        changes = np.count_nonzero(np.diff(action >= 0, axis=0), axis=0) if len(action) > 1 else np.zeros(
-            action.shape[1], int)
+        changes = np.count_nonzero(np.diff(action >= 0, axis=0), axis=0)   # zeros for a one-step episode
         rows.append(dict(ret=float(np.sum(reward)), length=len(action), mean=action.mean(0),
                          saturated=np.mean(np.abs(action) > saturated, 0), changes=changes))
     return rows
@@ -161,7 +164,7 @@ def action_report(rows: list[dict], source: str, action_repeat: int, per_eval: i
     for row, (where, key) in zip(rows, places):
         groups.setdefault(key, []).append(row)
         lines.append(f"{where:>20} {row['ret']:8.1f} | {cells(row['mean'], row['saturated'], row['changes'])}")
-    lines.append('averages per ' + (f'{group_steps} env steps:' if source == 'train' else 'evaluation:'))
+    lines.append(groups_title('averages', source, group_steps))
     for key, group in sorted(groups.items()):
         avg = [np.mean([r[k] for r in group], 0) for k in ('mean', 'saturated', 'changes')]
         lines.append(f"{group_name(key, source, group_steps):>20} {np.mean([r['ret'] for r in group]):8.1f} | "
