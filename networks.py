@@ -291,6 +291,30 @@ def _init_kaiming(module: nn.Module):
                 nn.init.zeros_(m.bias)
 
 
+def glorot_init_(module: nn.Module) -> nn.Module:
+    """Official DreamerV2's initialisation (`--weight_init glorot`): its layers are Keras layers with their defaults,
+    Glorot-uniform weights (U(±sqrt(6 / (fan_in + fan_out))), fans counted over the kernel's receptive field) and zero
+    biases, where PyTorch draws U(±1/sqrt(fan_in)) for both. Applied to every Linear, Conv2d and ConvTranspose2d in
+    `module` except inside the beta-VAE networks, which keep the release's Kaiming initialisation (`_init_kaiming`).
+    An `ActionHead`'s output layer is initialised as official DreamerV2's two layers (mean and std, each
+    `action_size` wide). LayerNorms already start as Keras's (ones and zeros)."""
+    skip = set()
+    for m in module.modules():
+        if isinstance(m, (BetaVAEEncoder, BetaVAEDecoder)):
+            skip.update(id(sub) for sub in m.modules())
+    for m in module.modules():
+        if id(m) in skip or not isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            continue
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, ActionHead) and id(m) not in skip:
+            for half in m.net[-1].weight.data.chunk(2, 0):
+                nn.init.xavier_uniform_(half)
+    return module
+
+
 class BetaVAEEncoder(nn.Module):
     """The DisWM beta-VAE conv encoder: 64x64x3 -> (mean, logvar, sample) of size z_dim (the RSSM's embed)."""
 

@@ -290,6 +290,8 @@ def finalize_config(config: Config) -> Config:
     config.precision = str(config.precision)
     if config.precision not in ('32', 'bf16', '16'):
         raise ConfigError(f"--precision must be 32, bf16 or 16, got '{config.precision}'.")
+    if config.get('weight_init', 'torch') not in WEIGHT_INITS:
+        raise ConfigError(f"--weight_init must be one of {', '.join(WEIGHT_INITS)}, got '{config.weight_init}'.")
     if config.compile_mode not in COMPILE_MODES:
         raise ConfigError(f"--compile_mode must be one of {', '.join(COMPILE_MODES)}, got '{config.compile_mode}'.")
     if config.batch_size < 1 or config.batch_length < 2:
@@ -315,6 +317,7 @@ def finalize_config(config: Config) -> Config:
     return config
 
 
+WEIGHT_INITS = ('torch', 'glorot')   # networks.glorot_init_ (official DreamerV2's initialisation)
 # Counts and sizes with their smallest valid value (checked once, in finalize_config).
 POSITIVE_KEYS = {
     'steps': 1, 'eval_every': 1, 'log_every': 1, 'eval_episodes': 1, 'action_repeat': 1, 'envs': 1,
