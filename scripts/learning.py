@@ -5,6 +5,7 @@ DreamerV2 curves; and the small-scale DisWM-vs-DreamerV2 comparison under the co
     python scripts/learning.py --tasks cartpole_balance --seeds 0,1 --precision 32    # fp32 on any machine
     python scripts/learning.py --report_only                     # table + PNG from the runs on disk
     python scripts/learning.py --report_only --compare runs/learning_bf16   # the same runs made differently, side by side
+    python scripts/learning.py --report_only --compare runs/learning_bf16 --labels fp32,bf16   # ... named in the report
     python scripts/learning.py --dry_run                         # print the commands, run nothing
     python scripts/learning.py --model official --tasks cheetah_run   # official DreamerV2's model (runs/learning_official)
     python scripts/learning.py --experiment diswm                # the DisWM pipeline at small scale (below)
@@ -339,9 +340,11 @@ def run_label(run: str) -> str:
     return {'32': 'fp32', '16': 'fp16'}.get(precision, precision)
 
 
-def compare_runs(roots: list[str], tasks, seeds) -> list[tuple[str, int, list[tuple[str, dict]]]]:
+def compare_runs(roots: list[str], tasks, seeds, names: list[str] | None = None
+                 ) -> list[tuple[str, int, list[tuple[str, dict]]]]:
     """(task, seed, [(label, {env step: (eval mean, eval std)}) per root]) for every task and seed that has
-    evaluations under at least two of the roots. Labels are the runs' precisions, with their root where two agree."""
+    evaluations under at least two of the roots. Labels are `names` (one per root, `--labels`) where given, else the
+    runs' precisions, with their root where two agree."""
     found = []
     for task in tasks:
         for seed in seeds:
@@ -352,10 +355,11 @@ def compare_runs(roots: list[str], tasks, seeds) -> list[tuple[str, int, list[tu
                 steps, means = eval_curve(folder, rows)
                 stds = dict(zip(*rundata.series(rows, 'eval_return_std')))
                 if steps:
-                    runs.append((run_label(folder), root, {s: (m, stds.get(s)) for s, m in zip(steps, means)}))
+                    label = names[roots.index(root)] if names else run_label(folder)
+                    runs.append((label, root, {s: (m, stds.get(s)) for s, m in zip(steps, means)}))
             if len(runs) >= 2:
                 labels = [label for label, _, _ in runs]
-                found.append((task, seed, [(label if labels.count(label) == 1 else f'{label} ({root})', curve)
+                found.append((task, seed, [(label if names or labels.count(label) == 1 else f'{label} ({root})', curve)
                                            for label, root, curve in runs]))
     return found
 
@@ -523,7 +527,7 @@ def report(args) -> int:
     print(text)
     print(f'Table: {table_path}\nTraining metrics: {training_path}\nCurves: {png_path}')
     if args.compare:
-        compared = compare_runs([args.root] + args.compare, args.tasks, args.seeds)
+        compared = compare_runs([args.root] + args.compare, args.tasks, args.seeds, args.labels)
         if not compared:
             where = (f'both {args.root} and {args.compare[0]}' if len(args.compare) == 1 else
                      f'at least two of {", ".join([args.root] + args.compare)}')
@@ -580,6 +584,10 @@ def parse_args(argv=None):
                         help='other results folders (comma-separated) with the same tasks and seeds run differently '
                              '(e.g. in bf16): the report also writes compare_table.md and compare_curves.png, the '
                              'runs side by side against the published seeds\' spread')
+    parser.add_argument('--labels', default=None, metavar='NAME,NAME[,...]',
+                        help='with --compare: names for the runs of --root and of each compared folder, in that order '
+                             '(comma-separated), used in compare_table.md and compare_curves.png instead of their '
+                             'precision and folder')
     parser.add_argument('--dry_run', action='store_true', help='print the commands, run nothing')
     parser.add_argument('--status', action='store_true',
                         help="print each run's state, env steps, last returns, pace and time left; run nothing")
@@ -601,6 +609,14 @@ def parse_args(argv=None):
         args.compare = [root for root in args.compare.split(',') if root]
         if not args.compare:
             parser.error('--compare needs at least one results folder')
+    if args.labels is not None:
+        args.labels = [name.strip() for name in args.labels.split(',')]
+        if args.compare is None:
+            parser.error('--labels names the runs of --compare; give --compare too')
+        wanted = 1 + len(args.compare)
+        if len(args.labels) != wanted or not all(args.labels) or len(set(args.labels)) != wanted:
+            parser.error(f'--labels needs {wanted} distinct non-empty names (one for --root, one per '
+                         f'--compare folder, in that order), got {len(args.labels)}: {",".join(args.labels)}')
     args.auto_precision = args.precision == 'auto'
     if args.auto_precision:
         args.precision = auto_precision(args.extra)

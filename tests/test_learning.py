@@ -427,3 +427,32 @@ def test_auto_precision_keeps_the_precision_a_run_was_started_with(tmp_path, mon
     assert resolved(learning.build_command('cartpole_balance', 1, args)).precision == 'bf16'  # a new run
     explicit = learning.parse_args(['--root', str(tmp_path), '--precision', 'bf16', '--', '--device', 'cpu'])
     assert resolved(learning.build_command('cartpole_balance', 0, explicit)).precision == 'bf16'
+
+
+def test_compare_labels_name_the_runs_and_bad_labels_are_refused(tmp_path, capsys):
+    """--labels: the given names head the columns and the differences (in --root, --compare order) instead of the
+    precisions and folders; a wrong count, a repeated name or --labels without --compare is one clear error."""
+    roots = {name: str(tmp_path / name) for name in ('a', 'b', 'c')}
+    for name, returns in (('a', (420.0, 600.0)), ('b', (300.0, 350.0)), ('c', (400.0, 500.0))):
+        folder = os.path.join(roots[name], 'cartpole_balance', 'seed_0')
+        write_metrics(folder, [{'step': s, 'eval_return_average': r, 'eval_return_std': 10.0}
+                               for s, r in zip((30_000, 60_000), returns)])
+        with open(os.path.join(folder, 'config.yaml'), 'w') as f:
+            f.write('precision: bf16\nseed: 0\n')
+    out = str(tmp_path / 'out')
+    compare = f"{roots['b']},{roots['c']}"
+    assert learning.main(['--root', roots['a'], '--compare', compare, '--labels', 'torch init, glorot,official',
+                          '--report_only', '--tasks', 'cartpole_balance', '--out', out]) == 0
+    lines = open(os.path.join(out, 'compare_table.md')).read().splitlines()
+    assert lines[0] == ('| task | seed | env steps | torch init | glorot | official | glorot − torch init | '
+                        'official − torch init | published spread (max − min) | within it |')
+    assert [c.strip() for c in lines[3].split('|')[1:-1]][3:8] == ['600.0 ± 10.0', '350.0 ± 10.0', '500.0 ± 10.0',
+                                                                   '-250.0', '-100.0']
+    assert open(os.path.join(out, 'compare_curves.png'), 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    for bad, message in ((['--compare', compare, '--labels', 'x,y'], '--labels needs 3 distinct non-empty names'),
+                         (['--compare', compare, '--labels', 'x,y,x'], '--labels needs 3 distinct'),
+                         (['--labels', 'x,y'], 'give --compare too')):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            learning.main(['--root', roots['a'], '--report_only', '--out', out] + bad)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
