@@ -349,17 +349,17 @@ def compare_runs(roots: list[str], tasks, seeds, names: list[str] | None = None
     for task in tasks:
         for seed in seeds:
             runs = []
-            for root in roots:
+            for index, root in enumerate(roots):
                 folder = run_dir(root, task, seed)
                 rows, _ = rundata.read_metrics(os.path.join(folder, 'metrics.jsonl'))
                 steps, means = eval_curve(folder, rows)
                 stds = dict(zip(*rundata.series(rows, 'eval_return_std')))
                 if steps:
-                    label = names[roots.index(root)] if names else run_label(folder)
+                    label = names[index] if names else run_label(folder)
                     runs.append((label, root, {s: (m, stds.get(s)) for s, m in zip(steps, means)}))
             if len(runs) >= 2:
-                labels = [label for label, _, _ in runs]
-                found.append((task, seed, [(label if names or labels.count(label) == 1 else f'{label} ({root})', curve)
+                labels = [label for label, _, _ in runs]   # `names` are distinct; precisions may repeat
+                found.append((task, seed, [(label if labels.count(label) == 1 else f'{label} ({root})', curve)
                                            for label, root, curve in runs]))
     return found
 
