@@ -242,7 +242,7 @@ class WorldModel(nn.Module):
         self.decoder = networks.BetaVAEDecoder(feat, config.z_dim) if config.beta_vae else networks.ConvDecoder(
             feat, config.cnn_depth)
         self.reward = None if spec.action_free else networks.DenseHead(feat, config.reward_layers, config.units)
-        if config.get('weight_init') == 'glorot':     # before any pretrained part is loaded into these networks
+        if tools.glorot_init_for(config, 'model'):     # before any pretrained part is loaded into these networks
             for net in (self.encoder, self.video_rssm, self.rssm, self.decoder, self.reward):
                 if net is not None:
                     networks.glorot_init_(net)
@@ -498,7 +498,7 @@ class ImagBehavior(nn.Module):
         self.actor = networks.ActionHead(actor_input_size or feat_size, action_size, config.actor_layers, config.units,
                                          config.actor_min_std, clipped=config.release_compat)
         self.critic = networks.DenseHead(feat_size, config.value_layers, config.units)
-        if config.get('weight_init') == 'glorot':
+        if tools.glorot_init_for(config, 'behavior'):
             networks.glorot_init_(self.actor)
             networks.glorot_init_(self.critic)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)

@@ -317,7 +317,9 @@ def finalize_config(config: Config) -> Config:
     return config
 
 
-WEIGHT_INITS = ('torch', 'glorot')   # networks.glorot_init_ (official DreamerV2's initialisation)
+# networks.glorot_init_ (official DreamerV2's initialisation) on every DreamerV2 network, or on the world model's /
+# the actor-critic's alone (an ablation: which part needs it)
+WEIGHT_INITS = ('torch', 'glorot', 'glorot_model', 'glorot_behavior')
 # Counts and sizes with their smallest valid value (checked once, in finalize_config).
 POSITIVE_KEYS = {
     'steps': 1, 'eval_every': 1, 'log_every': 1, 'eval_episodes': 1, 'action_repeat': 1, 'envs': 1,
@@ -327,6 +329,13 @@ POSITIVE_KEYS = {
     'actor_lr': 0, 'value_lr': 0, 'grad_clip': 0, 'eval_videos': 0, 'slow_target_update': 1, 'dyn_discrete': 0,
     'weight_decay': 0, 'weight_decay_step': 0,
 }
+
+
+def glorot_init_for(config, part: str) -> bool:
+    """Whether `--weight_init` starts `part` ('model': the world model, 'behavior': actor and critic) the official
+    DreamerV2 way (`networks.glorot_init_`)."""
+    assert part in ('model', 'behavior'), part
+    return config.get('weight_init', 'torch') in ('glorot', f'glorot_{part}')
 
 
 def save_config(config: Config, path: str) -> None:

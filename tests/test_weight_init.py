@@ -92,8 +92,23 @@ def test_glorot_skips_beta_vae_networks():
     assert all(torch.equal(a, b) for a, b in zip(before, enc.parameters()))
 
 
+@pytest.mark.parametrize('choice, glorot_model, glorot_behavior', [
+    ('torch', False, False), ('glorot', True, True), ('glorot_model', True, False), ('glorot_behavior', False, True)])
+def test_weight_init_can_start_one_part_the_official_way(choice, glorot_model, glorot_behavior):
+    """The ablation choices: Glorot in the world model only, or in the actor and critic only."""
+    torch.manual_seed(0)
+    agent = models.Agent(config('--weight_init', choice), 6)
+    parts = {'model': ([agent.wm.encoder, agent.wm.rssm, agent.wm.decoder, agent.wm.reward], glorot_model),
+             'behavior': ([agent.behavior.actor, agent.behavior.critic], glorot_behavior)}
+    for part, (nets, glorot) in parts.items():
+        biases = [layer.bias for net in nets for layer in layers(net) if layer.bias is not None]
+        assert len(biases) > 5
+        # Glorot's biases start at zero, PyTorch's from U(±1/sqrt(fan_in)): no bias of theirs is all zeros.
+        assert all((torch.count_nonzero(b) == 0) == glorot for b in biases), (choice, part)
+
+
 def test_unknown_weight_init_is_a_clear_error():
-    with pytest.raises(ConfigError, match='--weight_init must be one of torch, glorot'):
+    with pytest.raises(ConfigError, match='--weight_init must be one of torch, glorot, glorot_model, glorot_behavior'):
         config('--weight_init', 'xavier')
 
 
