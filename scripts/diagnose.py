@@ -12,6 +12,12 @@ actually followed. The checks of docs/learning.md's investigation, for a run tha
     python scripts/diagnose.py RUN --stalls --episodes 0                  # which episodes end standing still
     python scripts/diagnose.py RUN --actions --source eval --episodes 10  # does the policy hold a joint still?
     python scripts/diagnose.py RUN --reward_refit --episodes 0 --threads 2  # is the reward head behind its data?
+    python scripts/diagnose.py RUN/checkpoints/checkpoint_000040000.pt --source eval --episodes 10 --imagine
+
+RUN is a run folder or a checkpoint file: its checkpoint.pt, or a snapshot that `--keep_checkpoints True` kept of an
+earlier evaluation (RUN/checkpoints/checkpoint_<env step>.pt). With a checkpoint, every check reads only the
+episodes written up to it (that evaluation's episodes are the last `--source eval` ones), so a snapshot is diagnosed
+on what it had seen and done, not on the run's later episodes.
 
 Rewards are per agent step (the sum over `action_repeat` env steps), as the model sees them. The realized return at
 step t is sum_k discount^k r[t+k] up to the episode's end; it is compared with the critic only for steps whose
@@ -590,27 +596,63 @@ def report(result: dict) -> str:
     return '\n'.join(lines)
 
 
-def episode_files(folder: str, last: int) -> list[str]:
-    """The last `last` episodes (all for 0) of a run's `train_eps`/`eval_eps`, in the order they were written."""
+def episode_files(folder: str, last: int, before: str | None = None) -> list[str]:
+    """The last `last` episodes (all for 0) of a run's `train_eps`/`eval_eps`, in the order they were written; with
+    `before` (a file name), only those written before it."""
     import replay
     files = replay.list_episodes(folder, recursive=False)
+    if before is not None:
+        files = [f for f in files if os.path.basename(f) < before]
     return files[-last:] if last > 0 else files
+
+
+def run_folder(path: str) -> str:
+    """The run folder of a run folder, its checkpoint.pt or a --keep_checkpoints snapshot (RUN/checkpoints/*.pt)."""
+    if not path.endswith('.pt'):
+        return path
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(folder) == 'checkpoints' and not os.path.isdir(os.path.join(folder, 'train_eps')):
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def episodes_cut(run: str, counters: dict | None) -> str | None:
+    """For a checkpoint that is not the run's last (a --keep_checkpoints snapshot): the name of the first training
+    episode written after it. Episode names begin with the time they were written (replay.save_episode), and an evaluation's episodes are written
+    after the training episodes before it and before the checkpoint saved with it, so the episodes named before
+    this one are exactly the ones the snapshot had seen (its evaluation included). None: no later episode."""
+    last = (counters or {}).get('last_episode')
+    if not last:
+        return None
+    later = [name for name in (os.path.basename(f) for f in episode_files(os.path.join(run, 'train_eps'), 0))
+             if name > last]
+    return later[0] if later else None
 
 
 def episodes_main(args) -> int:
     """--stalls and --actions: reports read from the episodes and config.yaml alone (no model)."""
     import rundata
-    run = os.path.dirname(args.run) if args.run.endswith('.pt') else args.run
+    run = run_folder(args.run)
     config = rundata.read_config(run)
     what = ' and '.join(flag for flag, on in (('--stalls', args.stalls), ('--actions', args.actions)) if on)
     if not config:
         print(f"Error: no readable config.yaml in '{run}': {what} needs a dreamer.py run folder.", file=sys.stderr)
         return 2
     import replay
+    cut = None
+    if args.run.endswith('.pt'):        # a checkpoint given: only the episodes written up to it
+        import agents
+        from tools import ConfigError
+        try:
+            cut = episodes_cut(run, agents.read_checkpoint(agents.checkpoint_file(args.run)).get('counters'))
+        except ConfigError as e:
+            print(f'Error: {e}', file=sys.stderr)
+            return 2
     folder = os.path.join(run, f'{args.source}_eps')
-    every = episode_files(folder, 0)      # all of them: the env step (or evaluation) of each counts what came before
+    every = episode_files(folder, 0, cut)  # all of them: the env step (or evaluation) of each counts what came before
     if not every:
-        print(f"Error: no episodes in '{folder}'.", file=sys.stderr)
+        print(f"Error: no episodes in '{folder}'" + (f" written before '{cut}'" if cut else '') + '.',
+              file=sys.stderr)
         return 2
     # entry 0 of an episode is the reset observation's (reward 0, action 0)
     keys = ['reward'] + (['action'] if args.actions else [])
@@ -688,15 +730,23 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     try:
         # Eager networks whatever the run used: compiling would cost minutes here and the checks do not need it.
-        agent, config, ckpt = agents.load_agent(args.run, dict(device='cpu', compile=False))
+        state = agents.read_checkpoint(agents.checkpoint_file(args.run))
+        agent, config, ckpt = agents.load_agent(args.run, dict(device='cpu', compile=False), state)
     except ConfigError as e:
         print(f'Error: {e}', file=sys.stderr)
         return 2
-    folder = os.path.join(os.path.dirname(ckpt), f'{args.source}_eps')
-    files = episode_files(folder, args.episodes)
+    run = run_folder(ckpt)
+    cut = episodes_cut(run, state.get('counters'))
+    del state
+    folder = os.path.join(run, f'{args.source}_eps')
+    files = episode_files(folder, args.episodes, cut)
     if not files:
-        print(f"Error: no episodes in '{folder}'.", file=sys.stderr)
+        print(f"Error: no episodes in '{folder}'" + (f" written before '{cut}'" if cut else '') + '.',
+              file=sys.stderr)
         return 2
+    if cut:
+        print(f'{ckpt}: a checkpoint before the run\'s last episodes: only the episodes written up to it '
+              f'(before {cut})')
     episodes = [dict(np.load(f)) for f in files]
     if args.gradients:
         length = min(config.batch_length, sum(len(ep['reward']) for ep in episodes))

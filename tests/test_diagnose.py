@@ -1,4 +1,6 @@
 """scripts/diagnose.py: the reward and value checks of a trained agent, against slow obvious computations."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -142,6 +144,8 @@ def test_diagnose_rebuilds_the_agent_eager_on_the_cpu(monkeypatch, capsys):
         raise tools.ConfigError('stop here')
 
     monkeypatch.setattr(agents, 'load_agent', fake_load)
+    monkeypatch.setattr(agents, 'checkpoint_file', lambda path: path + '/checkpoint.pt')
+    monkeypatch.setattr(agents, 'read_checkpoint', lambda path: {'counters': {}})
     assert diagnose.main(['some/run', '--gradients', 'bf16']) == 2
     assert seen == {'path': 'some/run', 'overrides': {'device': 'cpu', 'compile': False}}
     assert 'stop here' in capsys.readouterr().err
@@ -363,6 +367,44 @@ def test_actions_command_reads_a_run_folder(tmp_path, capsys):
     assert '--actions needs a dreamer.py run folder' in capsys.readouterr().err
 
 
+def test_a_snapshot_is_diagnosed_on_the_episodes_written_up_to_it(tmp_path, capsys):
+    """RUN/checkpoints/checkpoint_<step>.pt (--keep_checkpoints): the run folder is RUN, and only the episodes
+    written before the first training episode after the snapshot's last one count (its evaluation's included)."""
+    import replay
+    run = tmp_path / 'run'
+    (run / 'checkpoints').mkdir(parents=True)
+    (run / 'config.yaml').write_text('action_repeat: 2\neval_episodes: 2\n')
+    still, moving = np.zeros(501, np.float32), np.full(501, 0.5, np.float32)
+    names = {}
+    # written in this order by a run: 2 training episodes, evaluation 1 (+ snapshot), 1 more, evaluation 2
+    for key, source, reward in (('t1', 'train', moving), ('t2', 'train', moving), ('e1', 'eval', still),
+                                ('e2', 'eval', still), ('t3', 'train', still), ('e3', 'eval', moving),
+                                ('e4', 'eval', moving)):
+        path = replay.save_episode(str(run / f'{source}_eps'), dict(image=np.zeros((501, 1, 1, 3), np.uint8),
+                                                                   reward=reward))
+        names[key] = os.path.basename(path)
+    snapshot = run / 'checkpoints' / 'checkpoint_000002000.pt'
+    torch.save({'counters': {'last_episode': names['t2']}}, snapshot)
+    assert diagnose.run_folder(str(snapshot)) == str(run)
+    assert diagnose.run_folder(str(run / 'checkpoint.pt')) == str(run)
+    assert diagnose.run_folder(str(run)) == str(run)
+    assert diagnose.episodes_cut(str(run), {'last_episode': names['t2']}) == names['t3']
+    assert diagnose.episodes_cut(str(run), {'last_episode': names['t3']}) is None      # the run's last checkpoint
+    assert diagnose.episodes_cut(str(run), {}) is None
+    kept = diagnose.episode_files(str(run / 'eval_eps'), 0, names['t3'])
+    assert [os.path.basename(f) for f in kept] == [names['e1'], names['e2']]
+    assert diagnose.main([str(snapshot), '--stalls', '--source', 'eval', '--episodes', '2']) == 0
+    out = capsys.readouterr().out
+    assert '2 of 2 eval episodes' in out and 'evaluation 1: 2 of 2' in out and 'evaluation 2' not in out
+    assert diagnose.main([str(run), '--stalls', '--source', 'eval', '--episodes', '2']) == 0   # the folder: all
+    out = capsys.readouterr().out
+    assert '2 of 4 eval episodes' in out and 'evaluation 2: 0 of 2' in out
+    torch.save({'counters': {'last_episode': names['t2']}, 'agent': {}}, run / 'checkpoint.pt')
+    (run / 'eval_eps').rename(run / 'elsewhere')
+    assert diagnose.main([str(snapshot), '--stalls', '--source', 'eval']) == 2      # nothing to read: one error
+    assert f"written before '{names['t3']}'" in capsys.readouterr().err
+
+
 def refit_agent_and_episodes():
     agent, _ = tiny_agent_and_batch('--batch_length', '10', '--batch_size', '2')
     rng = np.random.default_rng(4)
@@ -424,8 +466,9 @@ def test_reward_refit_command(tmp_path, monkeypatch, capsys):
     agent, episodes = refit_agent_and_episodes()
     for ep in episodes:
         replay.save_episode(str(tmp_path / 'train_eps'), ep)
-    monkeypatch.setattr(agents, 'load_agent', lambda path, overrides=None: (agent, agent.config,
-                                                                            str(tmp_path / 'checkpoint.pt')))
+    torch.save({'counters': {}}, tmp_path / 'checkpoint.pt')      # read for its counters; the agent is given
+    monkeypatch.setattr(agents, 'load_agent', lambda path, overrides=None, state=None: (
+        agent, agent.config, str(tmp_path / 'checkpoint.pt')))
     assert diagnose.main([str(tmp_path), '--reward_refit', '--episodes', '0', '--held_out', '5',
                           '--refit_steps', '3']) == 0
     out = capsys.readouterr().out
