@@ -5,6 +5,12 @@
     python scripts/bench.py --mode all --batch 16 --device cuda --compile True
     python scripts/bench.py --mode dreamerv2 --batch 16 --device cuda --profile True  # kernels, GPU busy time
     python scripts/bench.py --envs 1,2 --replay                              # env throughput, replay sampler
+    python scripts/bench.py --checkpoint RUN --batch 16 --precision bf16     # updates from a run's own weights
+
+`--checkpoint RUN` (a run folder or a checkpoint file) times the updates of that run's agent from its saved weights
+and optimizer state (architecture from the run's config; images and actions of its shapes) instead of a new agent:
+whether a run whose updates grew slower is slowed by its weights (e.g. denormal numbers) or by the machine. Compare
+it with the same command on a fresh agent of the same model in the same hour.
 
 Each (mode, batch) measurement runs in a fresh subprocess so its peak memory is its own. Updates use random data of
 the dmc2gym preset's shapes (64x64 images, 6-dim actions) and hyperparameters: warm-up updates, then the median of
@@ -30,6 +36,7 @@ MODES = {
     'diswm': 'DisWM finetune (beta-VAE, distillation)',
     'dreamerv2': 'DreamerV2',
     'pretrain': 'action-free beta-VAE pretraining',
+    'checkpoint': "a run's agent (--checkpoint)",
 }
 
 
@@ -82,7 +89,7 @@ def child(args) -> dict:
     A = 6
 
     def batch():
-        b = dict(image=rng.integers(0, 255, (B, L, 64, 64, 3), dtype=np.uint8),
+        b = dict(image=rng.integers(0, 255, (B, L, *config.size, 3), dtype=np.uint8),
                  action=rng.uniform(-1, 1, (B, L, A)).astype(np.float32),
                  reward=rng.normal(size=(B, L)).astype(np.float32), is_first=np.zeros((B, L), bool))
         b['is_first'][:, 0] = True
@@ -105,7 +112,17 @@ def child(args) -> dict:
             return {'image': torch.as_tensor(b['image']).to(config.device),
                     'is_first': torch.as_tensor(b['is_first']).to(config.device).float()}
     else:
-        agent = models.Agent(config, A)
+        if args.checkpoint:     # the run's agent with its trained weights and optimizer state; its own shapes
+            import agents
+            state = agents.read_checkpoint(agents.checkpoint_file(args.checkpoint))
+            agent, config, _ = agents.load_agent(args.checkpoint, dict(
+                device=args.device, precision=args.precision, compile=args.compile, tf32=args.tf32, batch_size=B,
+                batch_length=L, malloc_cache=args.malloc_cache), state)
+            A = agents.checkpoint_action_size(state['agent'])
+            del state
+            agent.train()
+        else:
+            agent = models.Agent(config, A)
 
         def update(data):      # what Agent.update does, with the world model and behaviour timed apart
             t0 = time.perf_counter()
@@ -157,7 +174,7 @@ def child(args) -> dict:
                 gflops=flops / 1e9 / median if flops else None,
                 device=args.device, precision=args.precision, compile=bool(args.compile),
                 compile_mode=config.compile_mode if args.compile else None, tf32=config.tf32,
-                malloc_cache=malloc_cache,
+                malloc_cache=malloc_cache, checkpoint=args.checkpoint or None,
                 torch=torch.__version__, threads=torch.get_num_threads(), final_loss=losses[-1])
 
 
@@ -225,6 +242,9 @@ def main():
     parser.add_argument('--env_steps', type=int, default=300)
     parser.add_argument('--replay', action='store_true', help='also measure the replay sampler')
     parser.add_argument('--out', default='', help='append the JSON lines to this file')
+    parser.add_argument('--checkpoint', default='',
+                        help="a run folder or checkpoint file: time that run's agent from its saved weights and "
+                             "optimizer state (the run's architecture) instead of a new one")
     parser.add_argument('extra', nargs='*', help='further dreamer.py flags for the benchmarked model after --, '
                                                  'e.g. -- --dyn_stoch 32 --dyn_discrete 32')
     parser.add_argument('--_child', action='store_true', help=argparse.SUPPRESS)
@@ -246,7 +266,19 @@ def main():
             with open(args.out, 'a') as f:
                 f.write(json.dumps(row) + '\n')
 
-    modes = list(MODES) if args.mode == 'all' else [m for m in args.mode.split(',') if m and m != 'none']
+    if args.checkpoint:
+        if args.mode not in ('all', 'checkpoint') or args.extra:
+            sys.exit("--checkpoint times the run's own agent (its architecture from the run's config): leave out "
+                     "--mode and the dreamer.py flags after --.")
+        if not os.path.exists(args.checkpoint):
+            sys.exit(f"--checkpoint '{args.checkpoint}' does not exist: give a run folder holding checkpoint.pt or "
+                     f"a checkpoint file.")
+        args.checkpoint = os.path.abspath(args.checkpoint)      # the measurements run from the repository root
+        args.mode = 'checkpoint'
+    modes = ([m for m in MODES if m != 'checkpoint'] if args.mode == 'all'
+             else [m for m in args.mode.split(',') if m and m != 'none'])
+    if 'checkpoint' in modes and not args.checkpoint:
+        sys.exit('--mode checkpoint needs --checkpoint RUN (a run folder or checkpoint file).')
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         sys.exit(f"Unknown --mode {unknown}: use all or {', '.join(MODES)}.")
@@ -268,7 +300,8 @@ def main():
                    '--threads', str(args.threads), '--device', args.device, '--precision', args.precision,
                    '--compile', str(args.compile), '--tf32', args.tf32, '--flops', str(args.flops),
                    '--profile', str(args.profile),
-                   '--malloc_cache', str(args.malloc_cache)] + (['--', *args.extra] if args.extra else [])
+                   '--malloc_cache', str(args.malloc_cache), '--checkpoint', args.checkpoint] + (
+                       ['--', *args.extra] if args.extra else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
                 print(proc.stderr[-2000:], file=sys.stderr)

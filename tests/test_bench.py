@@ -27,7 +27,7 @@ def test_flags_after_the_options_reach_the_benchmarked_model():
     def measure(extra):
         args = argparse.Namespace(mode='dreamerv2', batch=[2], length=3, warmup=0, repeats=1, threads=1, device='cpu',
                                   precision='32', compile=False, tf32=True, malloc_cache=False, flops=False,
-                                  profile=False, extra=['--cnn_depth', '4', '--units', '8', '--dyn_deter', '8',
+                                  profile=False, checkpoint='', extra=['--cnn_depth', '4', '--units', '8', '--dyn_deter', '8',
                                                         '--dyn_hidden', '8', *extra])
         return bench.child(args)
 
@@ -42,3 +42,45 @@ def test_flags_after_the_options_reach_the_benchmarked_model():
              + feat_widening * units * 3)                # reward head, actor, critic
     assert categorical['params'] - gaussian['params'] == extra
     assert categorical['s_per_update'] > 0 and gaussian['final_loss'] == gaussian['final_loss']
+
+
+def test_a_checkpoint_is_timed_with_its_own_weights_and_shapes(tmp_path):
+    """`bench.py --checkpoint RUN`: the timed agent is the run's (its architecture, action size and weights), and
+    the update changes those weights."""
+    import argparse
+
+    import agents
+    import tools
+    config = tools.make_config(['--configs', 'defaults', 'dmc2gym', '--cnn_depth', '4', '--units', '8',
+                                '--dyn_deter', '8', '--dyn_hidden', '8', '--dyn_stoch', '4', '--device', 'cpu', '--logdir', str(tmp_path / 'run')])
+    torch.manual_seed(3)
+    agent = agents.make_agent(config, 3)
+    torch.save({'agent': agent.state_dict(), 'optimizers': agent.optimizer_state(), 'counters': {'updates': 5},
+                'rng': tools.rng_state(), 'config': config.to_dict()}, tmp_path / 'checkpoint.pt')
+    seen = {}
+    real_load = agents.load_agent
+
+    def load(path, overrides=None, state=None):
+        loaded, cfg, ckpt = real_load(path, overrides, state)
+        seen.update(agent=loaded, overrides=dict(overrides))
+        return loaded, cfg, ckpt
+
+    agents.load_agent, before = load, agents.load_agent
+    try:
+        args = argparse.Namespace(mode='checkpoint', batch=[2], length=3, warmup=0, repeats=1, threads=1,
+                                  device='cpu', precision='32', compile=False, tf32=True, malloc_cache=False,
+                                  flops=False, profile=False, checkpoint=str(tmp_path), extra=[])
+        row = bench.child(args)
+    finally:
+        agents.load_agent = before
+    loaded = seen['agent']
+    assert seen['overrides']['batch_size'] == 2 and seen['overrides']['batch_length'] == 3
+    trained = loaded.state_dict()
+    slow = [k for k in trained if k.startswith('behavior.slow_critic.')]
+    # the slow critic is not trained by the timed update (updates 5 -> 6): it is the checkpoint's, not a new one's
+    assert slow and all(torch.equal(agent.state_dict()[k], trained[k]) for k in slow)
+    own = {k: v for k, v in agent.state_dict().items() if k not in slow}
+    assert row['params'] == sum(p.numel() for name, p in agent.named_parameters()
+                                if not name.startswith('behavior.slow_critic.'))
+    assert any(not torch.equal(v, trained[k]) for k, v in own.items() if v.is_floating_point())   # it updated
+    assert row['checkpoint'] == str(tmp_path) and row['s_per_update'] > 0 and row['final_loss'] == row['final_loss']
