@@ -618,9 +618,10 @@ def run_folder(path: str) -> str:
 
 def episodes_cut(run: str, counters: dict | None) -> str | None:
     """For a checkpoint that is not the run's last (a --keep_checkpoints snapshot): the name of the first training
-    episode written after it. Episode names begin with the time they were written (replay.save_episode), and an evaluation's episodes are written
-    after the training episodes before it and before the checkpoint saved with it, so the episodes named before
-    this one are exactly the ones the snapshot had seen (its evaluation included). None: no later episode."""
+    episode written after it. Episode names begin with the time they were written (replay.save_episode), and an
+    evaluation's episodes are written after the training episodes before it and before the checkpoint saved with it,
+    so the episodes named before this one are exactly the ones the snapshot had seen (its evaluation included).
+    None: no later episode."""
     last = (counters or {}).get('last_episode')
     if not last:
         return None
