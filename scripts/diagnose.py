@@ -630,6 +630,12 @@ def episodes_cut(run: str, counters: dict | None) -> str | None:
     return later[0] if later else None
 
 
+def no_episodes(folder: str, cut: str | None) -> int:
+    """The error (exit status 2) for a run with nothing to read, up to a snapshot's `cut` if any."""
+    print(f"Error: no episodes in '{folder}'" + (f" written before '{cut}'" if cut else '') + '.', file=sys.stderr)
+    return 2
+
+
 def episodes_main(args) -> int:
     """--stalls and --actions: reports read from the episodes and config.yaml alone (no model)."""
     import rundata
@@ -652,9 +658,7 @@ def episodes_main(args) -> int:
     folder = os.path.join(run, f'{args.source}_eps')
     every = episode_files(folder, 0, cut)  # all of them: the env step (or evaluation) of each counts what came before
     if not every:
-        print(f"Error: no episodes in '{folder}'" + (f" written before '{cut}'" if cut else '') + '.',
-              file=sys.stderr)
-        return 2
+        return no_episodes(folder, cut)
     # entry 0 of an episode is the reset observation's (reward 0, action 0)
     keys = ['reward'] + (['action'] if args.actions else [])
     data = [replay.load_episode(f, keys) for f in every]
@@ -742,9 +746,7 @@ def main(argv=None) -> int:
     folder = os.path.join(run, f'{args.source}_eps')
     files = episode_files(folder, args.episodes, cut)
     if not files:
-        print(f"Error: no episodes in '{folder}'" + (f" written before '{cut}'" if cut else '') + '.',
-              file=sys.stderr)
-        return 2
+        return no_episodes(folder, cut)
     if cut:
         print(f'{ckpt}: a checkpoint before the run\'s last episodes: only the episodes written up to it '
               f'(before {cut})')

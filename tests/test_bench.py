@@ -44,7 +44,7 @@ def test_flags_after_the_options_reach_the_benchmarked_model():
     assert categorical['s_per_update'] > 0 and gaussian['final_loss'] == gaussian['final_loss']
 
 
-def test_a_checkpoint_is_timed_with_its_own_weights_and_shapes(tmp_path):
+def test_a_checkpoint_is_timed_with_its_own_weights_and_shapes(tmp_path, monkeypatch):
     """`bench.py --checkpoint RUN`: the timed agent is the run's (its architecture, action size and weights), and
     the update changes those weights."""
     import argparse
@@ -65,14 +65,11 @@ def test_a_checkpoint_is_timed_with_its_own_weights_and_shapes(tmp_path):
         seen.update(agent=loaded, overrides=dict(overrides))
         return loaded, cfg, ckpt
 
-    agents.load_agent, before = load, agents.load_agent
-    try:
-        args = argparse.Namespace(mode='checkpoint', batch=[2], length=3, warmup=0, repeats=1, threads=1,
-                                  device='cpu', precision='32', compile=False, tf32=True, malloc_cache=False,
-                                  flops=False, profile=False, checkpoint=str(tmp_path), extra=[])
-        row = bench.child(args)
-    finally:
-        agents.load_agent = before
+    monkeypatch.setattr(agents, 'load_agent', load)
+    args = argparse.Namespace(mode='checkpoint', batch=[2], length=3, warmup=0, repeats=1, threads=1,
+                              device='cpu', precision='32', compile=False, tf32=True, malloc_cache=False,
+                              flops=False, profile=False, checkpoint=str(tmp_path), extra=[])
+    row = bench.child(args)
     loaded = seen['agent']
     assert seen['overrides']['batch_size'] == 2 and seen['overrides']['batch_length'] == 3
     trained = loaded.state_dict()
