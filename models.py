@@ -530,7 +530,11 @@ class ImagBehavior(nn.Module):
         target = tools.lambda_return(reward, next_value, discount, cfg.discount_lambda,
                                      reverse_bug=cfg.release_compat)        # (H, N)
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()
-        actor_loss = -(weight * (target + cfg.actor_entropy * entropy)).mean()
+        # Official DreamerV2's final version (--actor_return_offset 1) leaves out R_0, which starts with the replayed
+        # state's reward, and pairs R_{t+1} with s_t's weight and entropy for t < H - 1.
+        offset = cfg.get('actor_return_offset', 0)
+        objective = target[offset:] + cfg.actor_entropy * entropy[:len(entropy) - offset]
+        actor_loss = -(weight[:len(weight) - offset] * objective).mean()
         value_pred = self.critic(feats[:-1].detach())
         critic_loss = (weight * tools.gaussian_nll(value_pred, target.detach(), 0)).mean()
         metrics = dict(actor_loss=actor_loss.detach(), critic_loss=critic_loss.detach(),

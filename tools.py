@@ -306,6 +306,14 @@ def finalize_config(config: Config) -> Config:
     if config.get('weight_decay') and config.get('weight_decay_step'):
         raise ConfigError('--weight_decay and --weight_decay_step are two forms of the same decay: set one of them '
                           '(the other to 0).')
+    if config.get('actor_return_offset', 0) not in (0, 1) or isinstance(config.get('actor_return_offset'), bool):
+        raise ConfigError(f"--actor_return_offset must be 0 (R_t with s_t, the release's form) or 1 (R_{{t+1}} with "
+                          f"s_t, official DreamerV2's final version), got {config.actor_return_offset!r}.")
+    if config.get('actor_return_offset') and config.get('release_compat'):
+        raise ConfigError('--actor_return_offset 1 is official DreamerV2\'s actor objective; --release_compat True '
+                          'reproduces the release, whose objective is offset 0: set one of them.')
+    if config.get('actor_return_offset') and config.get('imag_horizon') == 1:
+        raise ConfigError('--actor_return_offset 1 needs --imag_horizon >= 2 (it leaves out the first return).')
     if config.get('release_compat') and config.get('imag_horizon') == 1:
         raise ConfigError('--imag_horizon must be >= 2 with --release_compat True (the release imagines '
                           'imag_horizon - 1 steps).')

@@ -462,3 +462,34 @@ def test_weight_decay_step_is_official_dreamerv2s_lr_independent_decay():
     assert (layer.weight - undecayed.weight).abs().max() > 1e-4      # the decay changed something
     with pytest.raises(tools.ConfigError, match='weight_decay_step'):
         tools.make_config(['--weight_decay', '1e-4', '--weight_decay_step', '1e-6'])
+
+
+def test_actor_return_offset_one_is_official_dreamerv2s_actor_objective():
+    """--actor_return_offset 1: -mean_t<H-1 w_t (R_{t+1} + eta H[pi(.|s_t)]) (official DreamerV2's final version);
+    0 (the default): -mean_t<H w_t (R_t + eta H[pi(.|s_t)]). Both from one imagined rollout, written out by hand."""
+    losses = {}
+    for offset in (0, 1):
+        config = tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu',
+                                    '--actor_return_offset', str(offset), '--actor_entropy', '0.3'])
+        torch.manual_seed(0)
+        agent = models.Agent(config, 2)
+        behavior = agent.behavior
+        start = {k: v + torch.randn_like(v) for k, v in agent.wm.rssm.initial(6).items()}
+        torch.manual_seed(1)
+        got = behavior.losses(agent.wm, start, agent.reward_fn)[0]
+        torch.manual_seed(1)
+        feats, entropy = behavior.imagine(agent.wm, start, config.imag_horizon)      # s_0 .. s_H, H entropies
+        H, gamma, lam = config.imag_horizon, config.discount, config.discount_lambda
+        reward, value = agent.wm.reward(feats), behavior.slow_critic(feats)
+        returns = [value[H]]                                                         # R_H = v(s_H)
+        for t in reversed(range(H)):
+            returns.insert(0, reward[t] + gamma * ((1 - lam) * value[t + 1] + lam * returns[0]))
+        terms = [gamma ** t * (returns[t + offset] + 0.3 * entropy[t]) for t in range(H - offset)]
+        want = -torch.stack(terms).mean()
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (offset, got, want)
+        losses[offset] = got
+    assert not torch.allclose(losses[0], losses[1], rtol=1e-3)     # the two objectives are different numbers
+    with pytest.raises(tools.ConfigError, match='actor_return_offset'):
+        tools.make_config(['--actor_return_offset', '2'])
+    with pytest.raises(tools.ConfigError, match='release_compat'):
+        tools.make_config(['--actor_return_offset', '1', '--release_compat', 'True'])
