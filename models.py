@@ -533,8 +533,8 @@ class ImagBehavior(nn.Module):
         # Official DreamerV2's final version (--actor_return_offset 1) leaves out R_0, which starts with the replayed
         # state's reward, and pairs R_{t+1} with s_t's weight and entropy for t < H - 1.
         offset = cfg.get('actor_return_offset', 0)
-        objective = target[offset:] + cfg.actor_entropy * entropy[:len(entropy) - offset]
-        actor_loss = -(weight[:len(weight) - offset] * objective).mean()
+        terms = len(target) - offset                                           # states s_0 .. s_{terms-1}
+        actor_loss = -(weight[:terms] * (target[offset:] + cfg.actor_entropy * entropy[:terms])).mean()
         value_pred = self.critic(feats[:-1].detach())
         critic_loss = (weight * tools.gaussian_nll(value_pred, target.detach(), 0)).mean()
         metrics = dict(actor_loss=actor_loss.detach(), critic_loss=critic_loss.detach(),
