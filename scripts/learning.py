@@ -400,19 +400,27 @@ def _compare_header(labels: list[str]) -> str:
             'published spread (max − min) | within it |')
 
 
+def colour_per_label(found) -> dict[str, str]:
+    """{label: matplotlib colour}, in the order the labels first appear in `compare_runs`' result."""
+    labels = list(dict.fromkeys(label for _, _, runs in found for label, _ in runs))
+    return {label: f'C{index % 10}' for index, label in enumerate(labels)}
+
+
 def compare_plot(found, reference: dict, path: str, max_step: int) -> None:
-    """One panel per task and seed: the published band and each compared run's curve with its episodes' std."""
+    """One panel per task and seed: the published band and each compared run's curve with its episodes' std. A
+    label keeps its colour in every panel, also in panels where an earlier root has no run."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    colours = colour_per_label(found)
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.4), squeeze=False)
     for ax, (task, seed, runs) in zip(axes[0], found):
         published_band(ax, reference.get(task), max_step)
         for label, curve in runs:
             steps = sorted(curve)
             ax.errorbar(steps, [curve[s][0] for s in steps], yerr=[curve[s][1] or 0 for s in steps], marker='o',
-                        ms=3, capsize=2, label=f'{label}, seed {seed}')
-        ax.set_title(task)
+                        ms=3, capsize=2, color=colours[label], label=f'{label}, seed {seed}')
+        ax.set_title(f'{task}, seed {seed}')
         ax.set_xlabel('environment steps')
         ax.set_xlim(0, max_step)
         ax.set_ylim(0, 1000)

@@ -379,6 +379,26 @@ def test_plot_gives_a_seed_one_colour_and_lists_every_seed(tmp_path, monkeypatch
     assert (tmp_path / 'curves.png').exists()
 
 
+def test_compare_plot_keeps_a_runs_colour_where_the_first_root_has_no_run(tmp_path, monkeypatch):
+    """--compare: a compared run has one colour in every panel, also in a panel (task, seed) that the first root has
+    no run for, and each panel names its seed."""
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.figure import Figure
+    saved, savefig = [], Figure.savefig
+    monkeypatch.setattr(Figure, 'savefig', lambda self, *a, **k: (saved.append(self), savefig(self, *a, **k))[1])
+    curve = {30_000: (100.0, 5.0), 60_000: (200.0, None)}
+    found = [('cheetah_run', 0, [('new', curve), ('old', curve), ('other', curve)]),
+             ('cheetah_run', 1, [('old', curve), ('other', curve)])]
+    learning.compare_plot(found, {}, str(tmp_path / 'compare.png'), 60_000)
+    colours = {ax.get_title(): {bars.get_label(): bars.lines[0].get_color() for bars in ax.containers}
+               for ax in saved[0].axes}
+    first, second = colours['cheetah_run, seed 0'], colours['cheetah_run, seed 1']
+    assert len(set(first.values())) == 3
+    assert second == {'old, seed 1': first['old, seed 0'], 'other, seed 1': first['other, seed 0']}
+    assert (tmp_path / 'compare.png').exists()
+
+
 @pytest.mark.parametrize('jobs', [1, 2])
 def test_sigterm_to_the_protocol_stops_its_runs(tmp_path, jobs):
     """`kill` / `timeout` / a scheduler's SIGTERM to scripts/learning.py (one run at a time, or several through the
