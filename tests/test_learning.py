@@ -359,18 +359,24 @@ def test_status_piped_into_head_ends_quietly(tmp_path):
     assert proc.wait(timeout=60) == 1 and 'Traceback' not in err and 'BrokenPipe' not in err, err
 
 
-def test_plot_gives_a_seed_one_colour_and_lists_every_seed(tmp_path, monkeypatch):
-    """A seed has the same colour in every panel, and a seed that only a later panel has gets a legend there."""
+@pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """The matplotlib figures the code under test saves, in order (they are still written to their files)."""
     import matplotlib
     matplotlib.use('Agg')
     from matplotlib.figure import Figure
     saved, savefig = [], Figure.savefig
     monkeypatch.setattr(Figure, 'savefig', lambda self, *a, **k: (saved.append(self), savefig(self, *a, **k))[1])
+    return saved
+
+
+def test_plot_gives_a_seed_one_colour_and_lists_every_seed(tmp_path, saved_figures):
+    """A seed has the same colour in every panel, and a seed that only a later panel has gets a legend there."""
     found = {'cartpole_balance': {0: ([10_000, 20_000], [1.0, 2.0])},
              'cheetah_run': {0: ([10_000], [2.0]), 1: ([10_000], [3.0])},
              'finger_spin': {1: ([10_000], [4.0])}}
     learning.plot(found, {}, str(tmp_path / 'curves.png'), 60_000)
-    axes = saved[0].axes
+    axes = saved_figures[0].axes
     colours = {ax.get_title(): {line.get_label(): line.get_color() for line in ax.get_lines()} for ax in axes}
     seed0, seed1 = 'this project, seed 0', 'this project, seed 1'
     assert colours['cartpole_balance'][seed0] == colours['cheetah_run'][seed0] != colours['cheetah_run'][seed1]
@@ -379,20 +385,15 @@ def test_plot_gives_a_seed_one_colour_and_lists_every_seed(tmp_path, monkeypatch
     assert (tmp_path / 'curves.png').exists()
 
 
-def test_compare_plot_keeps_a_runs_colour_where_the_first_root_has_no_run(tmp_path, monkeypatch):
+def test_compare_plot_keeps_a_runs_colour_where_the_first_root_has_no_run(tmp_path, saved_figures):
     """--compare: a compared run has one colour in every panel, also in a panel (task, seed) that the first root has
     no run for, and each panel names its seed."""
-    import matplotlib
-    matplotlib.use('Agg')
-    from matplotlib.figure import Figure
-    saved, savefig = [], Figure.savefig
-    monkeypatch.setattr(Figure, 'savefig', lambda self, *a, **k: (saved.append(self), savefig(self, *a, **k))[1])
     curve = {30_000: (100.0, 5.0), 60_000: (200.0, None)}
     found = [('cheetah_run', 0, [('new', curve), ('old', curve), ('other', curve)]),
              ('cheetah_run', 1, [('old', curve), ('other', curve)])]
     learning.compare_plot(found, {}, str(tmp_path / 'compare.png'), 60_000)
     colours = {ax.get_title(): {bars.get_label(): bars.lines[0].get_color() for bars in ax.containers}
-               for ax in saved[0].axes}
+               for ax in saved_figures[0].axes}
     first, second = colours['cheetah_run, seed 0'], colours['cheetah_run, seed 1']
     assert len(set(first.values())) == 3
     assert second == {'old, seed 1': first['old, seed 0'], 'other, seed 1': first['other, seed 0']}
