@@ -272,9 +272,13 @@ def log_predictions(agent, replay, logger, config, logdir: str, step: int) -> No
         logger.image('traverse', grid)
 
 
+TIME_KEYS = ('time_env', 'time_update', 'time_eval', 'time_paused')
+
+
 def log_times(logger, counters: dict) -> None:
-    """Cumulative wall-clock seconds of env stepping (incl. acting), updates and evaluation since the run began."""
-    for key in ('time_env', 'time_update', 'time_eval'):
+    """Cumulative seconds since the run began of env stepping (incl. acting), updates and evaluation, wall-clock time
+    less pauses (SIGTSTP: Ctrl-Z or `kill -TSTP PID`), and of those pauses."""
+    for key in TIME_KEYS:
         logger.scalar(key, counters[key])
 
 
@@ -320,14 +324,14 @@ def train(config) -> None:
     train_envs, eval_envs = make_envs(config, schedule, phase, seed_offset=len(episodes))
     action_size = train_envs.action_size
     agent = agents.make_agent(config, action_size, step=step)
-    # Wall-clock seconds spent on env stepping, updates and evaluation (cumulative over resumes; logged as time_*).
-    counters = {'step': step, 'updates': 0, 'episodes': len(episodes), 'time_env': 0.0, 'time_update': 0.0,
-                'time_eval': 0.0}
+    # Seconds spent on env stepping, updates and evaluation, SIGTSTP pauses left out, and of those pauses (cumulative
+    # over resumes; logged as time_*).
+    counters = {'step': step, 'updates': 0, 'episodes': len(episodes), **{key: 0.0 for key in TIME_KEYS}}
     if saved_state is not None:
         saved = agents.load_checkpoint(ckpt_path, agent, replay, saved_state)
         del saved_state
         counters['updates'] = saved.get('updates', 0)
-        for key in ('time_env', 'time_update', 'time_eval'):
+        for key in TIME_KEYS:
             counters[key] = saved.get(key, 0.0)
         if 'train_last' in saved:          # older checkpoints lack it: counting restarts at `step`
             counters['train_last'] = saved['train_last']
@@ -350,7 +354,9 @@ def train(config) -> None:
     eval_due = tools.Every(config.eval_every, start=step * repeat)
     first_call = counters['updates'] == 0
     timer = tools.Timer(counters)
-    fps_time, fps_step = time.time(), step
+    tools.count_pauses()
+    paused_before, paused_saved = tools.paused_seconds(), counters['time_paused']
+    fps_time, fps_step = tools.run_clock(), step
     last_return, last_save = float('nan'), time.time()
 
     bar = tqdm(total=total_steps, initial=min(step, total_steps), unit='step', dynamic_ncols=True,
@@ -375,7 +381,7 @@ def train(config) -> None:
                 logger.scalar('train_length', len(rec))
                 if rec.reports_success:
                     logger.scalar('train_success', float(rec.success))
-                fps = (counters['step'] - fps_step) * repeat / max(time.time() - fps_time, 1e-6)
+                fps = (counters['step'] - fps_step) * repeat / max(tools.run_clock() - fps_time, 1e-6)
                 bar.set_postfix(ret=f'{last_return:.1f}', fps=f'{fps:.0f}')
         counters['step'] += config.envs
         bar.update(config.envs)
@@ -409,6 +415,7 @@ def train(config) -> None:
                                                            agent.training_batch)
             first_call = False
             counters['updates'] = agent.updates
+        counters['time_paused'] = paused_saved + tools.paused_seconds() - paused_before
         # A periodic checkpoint: on a step that finished an episode (the episodes on disk match it) and after that
         # step's updates (a resume counts the updates due from its step on; it must find this step's done).
         if finished and time.time() - last_save >= config.checkpoint_every * 60 and counters['step'] < total_steps:
@@ -425,7 +432,7 @@ def train(config) -> None:
         if log_now or eval_now:
             guard.check()   # before anything is logged or saved from this state
         if log_now:
-            now = time.time()
+            now = tools.run_clock()
             logger.scalar('fps', (counters['step'] - fps_step) * repeat / max(now - fps_time, 1e-6))
             logger.scalar('updates', agent.updates)
             logger.scalar('episodes', counters['episodes'])
@@ -559,7 +566,8 @@ def offline_updates(config, logger, start: int, total: int, update_fn, save_fn, 
     log_every = max(1, min(100, config.pretrain_save_every))
     bar = tqdm(range(start, total), initial=start, total=total, unit='upd', disable=not config.progress, desc=desc,
                dynamic_ncols=True)
-    tic, tic_update = time.time(), start
+    tools.count_pauses()     # updates/s leaves out SIGTSTP pauses
+    tic, tic_update = tools.run_clock(), start
     guard = tools.FiniteGuard(config.device, skip_grad_norms=str(config.precision) == '16')
     for update in bar:
         metrics = update_fn(update)
@@ -569,7 +577,7 @@ def offline_updates(config, logger, start: int, total: int, update_fn, save_fn, 
         if done % log_every == 0 or done == total or done % config.pretrain_save_every == 0:
             guard.check()
         if done % log_every == 0 or done == total:
-            now = time.time()
+            now = tools.run_clock()
             logger.scalar('updates_per_second', (done - tic_update) / max(now - tic, 1e-6))
             tic, tic_update = now, done
             row = logger.write(done, echo=not config.progress)

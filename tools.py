@@ -695,8 +695,42 @@ class Ratio:
         return due
 
 
+_PAUSED = [0.0]   # seconds this process spent stopped through SIGTSTP, see count_pauses()
+
+
+def paused_seconds() -> float:
+    """Seconds this process has spent stopped by SIGTSTP (Ctrl-Z, `kill -TSTP PID`) since `count_pauses()`."""
+    return _PAUSED[0]
+
+
+def _stop_and_count(signum, frame) -> None:
+    import signal
+    tick = time.perf_counter()
+    os.kill(os.getpid(), signal.SIGSTOP)     # returns once a SIGCONT (`fg`, `kill -CONT PID`) resumes the process
+    _PAUSED[0] += time.perf_counter() - tick
+
+
+def count_pauses() -> bool:
+    """Makes SIGTSTP stop this process as usual while timing the stop, so that run clocks can leave it out.
+
+    SIGSTOP itself cannot be caught: a process stopped with `kill -STOP` has the pause counted by whichever clock was
+    running. Returns False where it cannot be installed (no SIGTSTP on this platform, or not the main thread)."""
+    import signal
+    import threading
+    if not hasattr(signal, 'SIGTSTP') or threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGTSTP, _stop_and_count)
+    return True
+
+
+def run_clock() -> float:
+    """Seconds of a monotonic clock less the time spent paused through SIGTSTP."""
+    return time.perf_counter() - _PAUSED[0]
+
+
 class Timer:
-    """Adds the wall-clock seconds spent inside `with timer('key'):` to `totals['key']`."""
+    """Adds the seconds spent inside `with timer('key'):` to `totals['key']`: wall-clock time less any SIGTSTP pause
+    in between (`count_pauses()`)."""
 
     def __init__(self, totals: dict):
         self.totals = totals
@@ -706,11 +740,11 @@ class Timer:
 
         @contextlib.contextmanager
         def timed():
-            tick = time.perf_counter()
+            tick = run_clock()
             try:
                 yield
             finally:
-                self.totals[key] += time.perf_counter() - tick
+                self.totals[key] += run_clock() - tick
         return timed()
 
 

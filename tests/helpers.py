@@ -3,6 +3,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -36,3 +37,14 @@ def run_dreamer(args, timeout=300, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f'dreamer.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
     return proc
+
+
+def wait_until_stopped(pid: int, timeout: float = 30.0) -> bool:
+    """Waits until process `pid` is stopped (SIGSTOP, SIGTSTP; Linux /proc); whether it is, at the end."""
+    def stopped():
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] == 'T'
+    deadline = time.time() + timeout
+    while not stopped() and time.time() < deadline:
+        time.sleep(0.01)
+    return stopped()

@@ -1,4 +1,11 @@
 """Numbers checked against slow, obvious versions: lambda-returns, the RSSM scan, KL terms, schedules."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import types
 
 import numpy as np
@@ -9,6 +16,7 @@ import agents
 import models
 import networks
 import tools
+from helpers import wait_until_stopped
 
 
 def test_lambda_return_matches_plain_loop():
@@ -341,6 +349,41 @@ def test_schedule_helpers_match_the_plain_counters():
     with tools.Timer(totals)('time_x'):
         pass
     assert totals['time_x'] >= 1.0
+
+
+@pytest.mark.skipif(not hasattr(signal, 'SIGTSTP') or not os.path.exists('/proc/self/stat'),
+                    reason='needs SIGTSTP and /proc')
+def test_a_sigtstp_pause_stops_the_process_and_is_left_out_of_its_clocks():
+    """Ctrl-Z / `kill -TSTP`: the process stops until SIGCONT, as without the handler, and `tools.Timer` (the run's
+    time_* clocks) leaves the stopped seconds out; `paused_seconds()` has them."""
+    child = textwrap.dedent(f"""
+        import json, sys, time
+        sys.path.insert(0, {tools.ROOT!r})
+        import tools
+        assert tools.count_pauses()
+        totals = {{'time_x': 0.0}}
+        tick = time.perf_counter()
+        with tools.Timer(totals)('time_x'):
+            print('timing', flush=True)
+            sys.stdin.readline()
+        print(json.dumps(dict(totals, wall=time.perf_counter() - tick, paused=tools.paused_seconds())), flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, '-c', child], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'timing'
+        proc.send_signal(signal.SIGTSTP)
+        assert wait_until_stopped(proc.pid)
+        time.sleep(1.5)
+        assert wait_until_stopped(proc.pid, timeout=0)   # stays stopped until continued
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.2)
+        out, _ = proc.communicate('go\n', timeout=30)
+    finally:
+        proc.kill()
+    result = json.loads(out)
+    assert result['paused'] >= 1.5
+    assert result['time_x'] == pytest.approx(result['wall'] - result['paused'], abs=0.01)
+    assert result['time_x'] < result['wall'] - 1.5
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import run_dreamer as run
+from helpers import run_dreamer as run, wait_until_stopped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ['--configs', 'defaults', 'dmc2gym', 'debug', '--task', 'dmc2gym_reacher_easy', '--prefill', '60',
@@ -90,7 +90,16 @@ def test_killed_run_resumes_without_losing_episodes(tmp_path):
     while not os.path.exists(ckpt) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert os.path.exists(ckpt), 'no checkpoint written'
-    time.sleep(1.0)
+    # A pause (Ctrl-Z / kill -TSTP) before the kill: the run stops, and once continued its clocks leave the pause out
+    # and count it in time_paused, which the next checkpoint carries over the resume.
+    proc.send_signal(signal.SIGTSTP)
+    assert wait_until_stopped(proc.pid)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGCONT)
+    continued = time.time()
+    while os.path.getmtime(ckpt) < continued + 0.5 and time.time() < continued + 90 and proc.poll() is None:
+        time.sleep(0.05)
+    assert os.path.getmtime(ckpt) >= continued + 0.5, 'no checkpoint after the pause'
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = set(os.listdir(os.path.join(logdir, 'train_eps')))
@@ -111,6 +120,8 @@ def test_killed_run_resumes_without_losing_episodes(tmp_path):
     steps = [row['step'] for row in r]
     assert max(steps) == 2 * steps_before * 2 + 120
     assert 'Prefilling' not in out.stdout                       # no second prefill on resume
+    last = [row for row in r if 'time_paused' in row][-1]        # written by the resumed run
+    assert last['time_paused'] >= 2.0 and last['time_env'] > 0 and last['time_update'] > 0
     # The update schedule's position is in the checkpoint: the resumed run updates on the same steps as one run
     # straight through. It used to restart counting at the checkpoint's step, which moved every later update one
     # or more steps on and lost the last one here (the run ends on a step an update falls on).
