@@ -355,7 +355,7 @@ def train(config) -> None:
     first_call = counters['updates'] == 0
     timer = tools.Timer(counters)
     tools.count_pauses()
-    paused_before, paused_saved = tools.paused_seconds(), counters['time_paused']
+    paused_offset = counters['time_paused'] - tools.paused_seconds()   # earlier processes' pauses of this run
     fps_time, fps_step = tools.run_clock(), step
     last_return, last_save = float('nan'), time.time()
 
@@ -415,7 +415,7 @@ def train(config) -> None:
                                                            agent.training_batch)
             first_call = False
             counters['updates'] = agent.updates
-        counters['time_paused'] = paused_saved + tools.paused_seconds() - paused_before
+        counters['time_paused'] = paused_offset + tools.paused_seconds()
         # A periodic checkpoint: on a step that finished an episode (the episodes on disk match it) and after that
         # step's updates (a resume counts the updates due from its step on; it must find this step's done).
         if finished and time.time() - last_save >= config.checkpoint_every * 60 and counters['step'] < total_steps:
