@@ -282,6 +282,15 @@ def log_times(logger, counters: dict) -> None:
         logger.scalar(key, counters[key])
 
 
+def make_replay(config):
+    """The online training replay: sequence starts marked unless `--release_compat`; sequences inside one episode
+    with `--sample_within_episodes` or `--release_compat` (docs/method.md, "Replay sampling")."""
+    import replay as replay_lib
+    return replay_lib.Replay(config.dataset_size or None, seed=config.seed,
+                             mark_sequence_starts=not config.release_compat,
+                             within_episodes=bool(config.sample_within_episodes or config.release_compat))
+
+
 def train(config) -> None:
     import replay as replay_lib
     from tqdm import tqdm
@@ -313,8 +322,7 @@ def train(config) -> None:
         if moved:
             print(f'{moved} episode(s) finished after the last checkpoint were moved to train_eps_after_checkpoint/ '
                   f'so that the replay and the step count match the loaded weights.')
-    replay = replay_lib.Replay(config.dataset_size or None, seed=config.seed,
-                               mark_sequence_starts=not config.release_compat)
+    replay = make_replay(config)
     episodes, _ = replay_lib.load_episodes(train_dir, limit_steps=config.dataset_size or None)
     for ep in episodes:
         replay.add_episode(ep)

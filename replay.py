@@ -5,8 +5,9 @@ An episode is a dict of arrays with a leading time axis T: `image` (T, 64, 64, 3
 observation t, `discount`, `is_first`, `is_terminal` (and optional extra keys such as `color`).
 
 The replay keeps every step of every stored episode in one flat ring buffer per key (uint8 images stored once), so
-sampling a batch is a single vectorised gather whose cost does not depend on the number of episodes. Sequences may
-cross episode boundaries; `is_first` marks where the world model resets its state.
+sampling a batch is a single vectorised gather whose cost does not depend on the number of episodes. By default
+sequences may cross episode boundaries (`is_first` marks where the world model resets its state); with
+`within_episodes` each lies inside one episode, as in official DreamerV2 and the DisWM release.
 """
 from __future__ import annotations
 
@@ -109,11 +110,21 @@ class Replay:
         sequence from the zero state and a zero action (official DreamerV2). False (`--release_compat`): only real
         episode starts are marked; the zero state is the same, but the first step sees its stored action, as the
         release's world model does.
+    within_episodes: False (default): a sequence starts at any stored step, uniformly, and may run on into the next
+        episode (every step is sampled equally often). True (`--sample_within_episodes`, and `--release_compat`):
+        an episode is drawn uniformly among those at least `length` long, then a start inside it, uniformly, as
+        official DreamerV2's DMC replay (`prioritize_ends: False`) and the release's `sample_episodes` do; no
+        sequence crosses an episode boundary, and an episode's first and last `length - 1` steps are sampled less
+        often than its middle (docs/method.md, "Replay sampling").
     """
 
-    def __init__(self, capacity: int | None = None, seed: int = 0, keys=None, mark_sequence_starts: bool = True):
+    def __init__(self, capacity: int | None = None, seed: int = 0, keys=None, mark_sequence_starts: bool = True,
+                 within_episodes: bool = False):
         self.capacity = capacity or None
         self.mark_sequence_starts = mark_sequence_starts
+        self.within_episodes = within_episodes
+        self._episode_starts: list[int] = []    # each stored episode's first step, counted in steps ever added
+        self._episode_lengths: list[int] = []
         self.keys = keys
         self._data: dict[str, np.ndarray] = {}
         self._size = 0          # valid steps stored
@@ -166,6 +177,8 @@ class Replay:
             self._data[key][idx] = value
         self._ptr = (self._ptr + length) % cap if self.capacity else self._ptr + length
         self._size = min(self._size + length, cap) if self.capacity else self._size + length
+        self._episode_starts.append(self._added)
+        self._episode_lengths.append(length)
         self._added += length
         self.episodes += 1
 
@@ -178,15 +191,32 @@ class Replay:
         if self._size < length:
             raise ValueError(f'The replay holds {self._size} steps, fewer than one sequence of {length}.')
         cap = len(next(iter(self._data.values())))
-        offsets = self.rng.integers(0, self._size - length + 1, size=batch)
-        # The oldest valid step sits at the write pointer once the ring buffer is full.
-        origin = self._ptr if (self.capacity and self._size == cap) else 0
-        idx = (origin + offsets[:, None] + np.arange(length)[None]) % cap
+        if self.within_episodes:
+            first = self._starts_within_episodes(batch, length)
+            # Steps ever added map to storage positions modulo the capacity (the write pointer is added % cap).
+            idx = (first[:, None] + np.arange(length)[None]) % cap
+        else:
+            offsets = self.rng.integers(0, self._size - length + 1, size=batch)
+            # The oldest valid step sits at the write pointer once the ring buffer is full.
+            origin = self._ptr if (self.capacity and self._size == cap) else 0
+            idx = (origin + offsets[:, None] + np.arange(length)[None]) % cap
         out = {key: arr[idx] for key, arr in self._data.items()}
         if self.mark_sequence_starts:     # a fresh latent state and a zero action at every sequence start
             out['is_first'] = out['is_first'].copy()
             out['is_first'][:, 0] = True
         return out
+
+    def _starts_within_episodes(self, batch: int, length: int) -> np.ndarray:
+        """First steps (counted in steps ever added) of `batch` sequences, each inside one stored episode."""
+        starts = np.asarray(self._episode_starts)
+        lengths = np.asarray(self._episode_lengths)
+        # Episodes whose every step is still stored (a ring buffer overwrites the oldest) and that hold a sequence.
+        usable = (starts >= self._added - self._size) & (lengths >= length)
+        if not usable.any():
+            raise ValueError(f'No stored episode holds a sequence of {length} steps (sampling within episodes).')
+        starts, lengths = starts[usable], lengths[usable]
+        pick = self.rng.integers(0, len(starts), size=batch)
+        return starts[pick] + self.rng.integers(0, lengths[pick] - length + 1)
 
 
 class Prefetcher:

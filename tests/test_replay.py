@@ -147,3 +147,55 @@ def test_release_compat_replay_marks_only_real_episode_starts():
     assert np.array_equal(y['is_first'][:, 0], starts.any(0))       # true exactly where an episode really starts
     assert 0 < y['is_first'][:, 0].sum() < 64
     assert np.array_equal(x['is_first'][:, 1:], y['is_first'][:, 1:])
+
+
+def test_within_episode_sampling_matches_a_loop_and_never_crosses_an_episode():
+    """`within_episodes` (official DreamerV2's DMC replay and the release's `sample_episodes`): draw an episode
+    uniformly among those holding a sequence, then its start uniformly; checked against a loop over the episodes,
+    with a short episode (never sampled) and a ring buffer that has overwritten the oldest ones."""
+    r = replay_lib.Replay(capacity=60, seed=4, within_episodes=True)
+    lengths = [12, 5, 20, 9, 14, 16]             # 76 steps: the first episode (and 4 steps of the second) overwritten
+    for i, n in enumerate(lengths):
+        ep = make_episode(n, seed=i)
+        ep['reward'] = (np.arange(n) + 100 * i).astype(np.float32)
+        r.add_episode(ep)
+    state = r.rng.bit_generator.state
+    batch = r.sample(400, 8)
+    # the slow obvious version: the episodes still whole in the buffer that hold 8 steps, as (rewards) lists
+    whole = [i for i in range(len(lengths)) if sum(lengths[:i]) >= sum(lengths) - 60 and lengths[i] >= 8]
+    assert whole == [2, 3, 4, 5]
+    r.rng.bit_generator.state = state
+    pick = r.rng.integers(0, len(whole), size=400)
+    offsets = r.rng.integers(0, np.array(lengths)[np.array(whole)[pick]] - 8 + 1)
+    for b in range(400):
+        i = whole[pick[b]]
+        assert np.array_equal(batch['reward'][b], np.arange(offsets[b], offsets[b] + 8) + 100 * i)
+    assert (np.diff(batch['reward'], axis=1) == 1).all() and not batch['is_first'][:, 1:].any()
+    # each usable episode is drawn about equally often, whatever its length (the flat sampler goes by length)
+    counts = np.bincount(batch['reward'][:, 0].astype(int) // 100, minlength=6)[whole]
+    assert counts.min() > 70
+    flat = replay_lib.Replay(seed=0)
+    for n in (10, 90):
+        flat.add_episode(make_episode(n, value=float(n)))
+    assert (flat.sample(1000, 8)['reward'][:, 0] == 10).mean() < 0.2
+    within = replay_lib.Replay(seed=0, within_episodes=True)
+    for n in (10, 90):
+        within.add_episode(make_episode(n, value=float(n)))
+    assert 0.4 < (within.sample(1000, 8)['reward'][:, 0] == 10).mean() < 0.6
+    short = replay_lib.Replay(seed=0, within_episodes=True)
+    short.add_episode(make_episode(6))
+    short.add_episode(make_episode(7))
+    with pytest.raises(ValueError, match='No stored episode holds a sequence of 8 steps'):
+        short.sample(2, 8)
+
+
+def test_training_replay_follows_the_config():
+    import dreamer
+    from tools import make_config
+    base = ['--configs', 'defaults', 'dmc2gym', '--task', 'dmc2gym_cartpole_balance', '--logdir', 'unused']
+    default = dreamer.make_replay(make_config(base))
+    assert not default.within_episodes and default.mark_sequence_starts
+    official = dreamer.make_replay(make_config(base + ['--sample_within_episodes', 'True']))
+    assert official.within_episodes and official.mark_sequence_starts
+    release = dreamer.make_replay(make_config(base + ['--release_compat', 'True']))
+    assert release.within_episodes and not release.mark_sequence_starts
