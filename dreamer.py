@@ -282,13 +282,18 @@ def log_times(logger, counters: dict) -> None:
         logger.scalar(key, counters[key])
 
 
+def samples_within_episodes(config) -> bool:
+    """Replay sequences inside one episode, as the release and official DreamerV2 sample (docs/method.md, "Replay
+    sampling"): with `--sample_within_episodes True` or `--release_compat True`."""
+    return bool(config.sample_within_episodes or config.release_compat)
+
+
 def make_replay(config):
-    """The online training replay: sequence starts marked unless `--release_compat`; sequences inside one episode
-    with `--sample_within_episodes` or `--release_compat` (docs/method.md, "Replay sampling")."""
+    """The online training replay: sequence starts marked unless `--release_compat`."""
     import replay as replay_lib
     return replay_lib.Replay(config.dataset_size or None, seed=config.seed,
                              mark_sequence_starts=not config.release_compat,
-                             within_episodes=bool(config.sample_within_episodes or config.release_compat))
+                             within_episodes=samples_within_episodes(config))
 
 
 def train(config) -> None:
@@ -607,7 +612,7 @@ def pretrain_video(config) -> None:
     episodes, report = replay_lib.load_video_dataset(
         config.pretrain_datasets_path, config.pretrain_dataset_scale, config.seed, config.batch_length,
         config.model_memory_fraction, tuple(config.size))
-    replay = replay_lib.Replay(None, seed=config.seed)
+    replay = replay_lib.Replay(None, seed=config.seed, within_episodes=samples_within_episodes(config))
     for ep in episodes:
         replay.add_episode(ep)
     del episodes
