@@ -213,7 +213,11 @@ class Replay:
         # Episodes whose every step is still stored (a ring buffer overwrites the oldest) and that hold a sequence.
         usable = (starts >= self._added - self._size) & (lengths >= length)
         if not usable.any():
-            raise ValueError(f'No stored episode holds a sequence of {length} steps (sampling within episodes).')
+            raise tools.ConfigError(
+                f'No stored episode holds a sequence of {length} steps, and sequences are sampled within episodes '
+                f'(--sample_within_episodes or --release_compat): lower --batch_length or lengthen the episodes '
+                f'(--time_limit), or, without --release_compat, sample across episodes (--sample_within_episodes '
+                f'False).')
         starts, lengths = starts[usable], lengths[usable]
         pick = self.rng.integers(0, len(starts), size=batch)
         return starts[pick] + self.rng.integers(0, lengths[pick] - length + 1)

@@ -185,7 +185,7 @@ def test_within_episode_sampling_matches_a_loop_and_never_crosses_an_episode():
     short = replay_lib.Replay(seed=0, within_episodes=True)
     short.add_episode(make_episode(6))
     short.add_episode(make_episode(7))
-    with pytest.raises(ValueError, match='No stored episode holds a sequence of 8 steps'):
+    with pytest.raises(ConfigError, match='No stored episode holds a sequence of 8 steps'):
         short.sample(2, 8)
 
 
