@@ -124,7 +124,6 @@ class Replay:
         self.mark_sequence_starts = mark_sequence_starts
         self.within_episodes = within_episodes
         self._episode_starts: list[int] = []    # each stored episode's first step, counted in steps ever added
-        self._episode_lengths: list[int] = []
         self.keys = keys
         self._data: dict[str, np.ndarray] = {}
         self._size = 0          # valid steps stored
@@ -178,7 +177,6 @@ class Replay:
         self._ptr = (self._ptr + length) % cap if self.capacity else self._ptr + length
         self._size = min(self._size + length, cap) if self.capacity else self._size + length
         self._episode_starts.append(self._added)
-        self._episode_lengths.append(length)
         self._added += length
         self.episodes += 1
 
@@ -209,7 +207,7 @@ class Replay:
     def _starts_within_episodes(self, batch: int, length: int) -> np.ndarray:
         """First steps (counted in steps ever added) of `batch` sequences, each inside one stored episode."""
         starts = np.asarray(self._episode_starts)
-        lengths = np.asarray(self._episode_lengths)
+        lengths = np.diff(starts, append=self._added)      # episodes are stored back to back
         # Episodes whose every step is still stored (a ring buffer overwrites the oldest) and that hold a sequence.
         usable = (starts >= self._added - self._size) & (lengths >= length)
         if not usable.any():
