@@ -130,6 +130,13 @@ def finished_run(config) -> dict | None:
     return done if done.get('env_steps', -1) >= config.steps else None
 
 
+def record_resume(logdir: str, **fields) -> None:
+    """Appends one line to <logdir>/resumes.jsonl, the run folder's log of its later starts: the settings a start
+    changed (`changed`, {key: [stored, now]}) or the point a training run resumed from (`resumed_from`)."""
+    with open(os.path.join(logdir, 'resumes.jsonl'), 'a') as f:
+        f.write(json.dumps({'time': tools.timestamp(), **fields}) + '\n')
+
+
 def prepare_logdir(config, check_identity: bool = True) -> str:
     """Validates the run folder, then takes it: identity against config.yaml (nothing written on a mismatch), the
     process lock, stale temp files removed, config.yaml written (first start) or the changed resumable keys recorded
@@ -153,8 +160,7 @@ def prepare_logdir(config, check_identity: bool = True) -> str:
     if removed:
         print(f'Removed {removed} temporary file(s) left by an earlier crash in {logdir}.')
     if resumable:   # only on a later start of a run whose config.yaml exists
-        with open(os.path.join(logdir, 'resumes.jsonl'), 'a') as f:
-            f.write(json.dumps({'time': tools.timestamp(), 'changed': resumable}) + '\n')
+        record_resume(logdir, changed=resumable)
         print('Resuming with changed settings: ' +
               ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in resumable.items()))
     tools.save_config(config, os.path.join(logdir, 'config.yaml'))
@@ -320,7 +326,8 @@ def train(config) -> None:
     switch_step = total_steps // 2 if switches else None
 
     saved_state = agents.read_checkpoint(ckpt_path) if os.path.exists(ckpt_path) else None
-    if saved_state is not None:
+    moved, from_checkpoint = 0, saved_state is not None
+    if from_checkpoint:
         # Episodes finished after the checkpoint was written: their steps and updates are not in the loaded weights.
         moved = set_aside_episodes(train_dir, saved_state['counters'].get('last_episode'),
                                    os.path.join(logdir, 'train_eps_after_checkpoint'))
@@ -353,6 +360,10 @@ def train(config) -> None:
     elif step > 0:
         print(f'Found {len(episodes)} episodes ({step} agent steps) in {train_dir} but no checkpoint: '
               f'continuing with fresh weights.')
+    if step > 0:   # where this start picks the run up (steps past it that an earlier start made are run again)
+        record_resume(logdir, resumed_from={'env_steps': step * repeat, 'updates': agent.updates,
+                                            'episodes': len(episodes), 'checkpoint': from_checkpoint},
+                      episodes_set_aside=moved)
     print(f"Method {agent.spec.name} on {config.task} ({action_size} actions, device {config.device}); "
           f"{total_steps} agent steps = {config.steps} env steps; logs in {logdir}")
     if switch_step is not None:

@@ -3,6 +3,7 @@ process per folder, finished runs stay finished, non-finite values stop the run,
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,8 +87,14 @@ def test_resumable_change_is_recorded_and_training_goes_on(tmp_path):
     assert sorted(os.listdir(os.path.join(logdir, 'checkpoints'))) == ['checkpoint_000000400.pt']
     assert 'Removed 1 temporary file' in proc.stdout
     assert not os.path.exists(os.path.join(logdir, 'checkpoint.pt.tmp999'))
+    # resumes.jsonl: the changed settings, then where training picked up (the late episode set aside).
     resumes = [json.loads(line) for line in open(os.path.join(logdir, 'resumes.jsonl'))]
-    assert resumes[-1]['changed'] == {'steps': [200, 400], 'log_every': [100, 200], 'keep_checkpoints': [False, True]}
+    assert resumes[-2]['changed'] == {'steps': [200, 400], 'log_every': [100, 200], 'keep_checkpoints': [False, True]}
+    episodes, updates = re.search(r'(\d+) episodes on disk, (\d+) updates done', proc.stdout).groups()
+    assert int(updates) > 0
+    assert resumes[-1]['resumed_from'] == {'env_steps': 200, 'updates': int(updates), 'episodes': int(episodes),
+                                           'checkpoint': True}
+    assert resumes[-1]['episodes_set_aside'] == 1
     assert json.load(open(os.path.join(logdir, 'finished.json')))['env_steps'] >= 400
 
 
