@@ -133,8 +133,7 @@ def finished_run(config) -> dict | None:
 def record_resume(logdir: str, **fields) -> None:
     """Appends one line to <logdir>/resumes.jsonl, the run folder's log of its later starts: the settings a start
     changed (`changed`, {key: [stored, now]}) or the point a training run resumed from (`resumed_from`)."""
-    with open(os.path.join(logdir, 'resumes.jsonl'), 'a') as f:
-        f.write(json.dumps({'time': tools.timestamp(), **fields}) + '\n')
+    tools.append_jsonl(os.path.join(logdir, 'resumes.jsonl'), {'time': tools.timestamp(), **fields})
 
 
 def prepare_logdir(config, check_identity: bool = True) -> str:

@@ -945,6 +945,12 @@ def timestamp() -> str:
     return datetime.datetime.now().strftime('%Y%m%dT%H%M%S')
 
 
+def append_jsonl(path: str, record: dict) -> None:
+    """Appends `record` as one JSON line to a log such as resumes.jsonl or collections.jsonl."""
+    with open(path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 

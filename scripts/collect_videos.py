@@ -37,7 +37,6 @@ pixels on average over the episode), `colour_set`, `policy` ('random' | 'checkpo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -195,8 +194,7 @@ def collect(config, policy: str, episodes: int, out: str, distractor: str | None
                    action_repeat=config.action_repeat, time_limit=config.time_limit, color=config.color.to_dict(),
                    release_compat=config.release_compat, save_actions=save_actions,
                    sample_actions=sample_actions if agent_config is not None else None)
-    with open(os.path.join(out, 'collections.jsonl'), 'a') as f:
-        f.write(json.dumps(dict(summary, time=tools.timestamp())) + '\n')
+    tools.append_jsonl(os.path.join(out, 'collections.jsonl'), dict(summary, time=tools.timestamp()))
     summary['paths'] = paths
     return summary
 
@@ -317,8 +315,7 @@ def collect_heldout(config, policy: str, episodes: int, out: str, distractor: st
         color=config.color.to_dict(), release_compat=config.release_compat, save_actions=save_actions,
         sample_actions=sample_actions if agent_act is not None else None, visible_materials=visible,
         plan=[dict(item) for item in plan], distractor=','.join(colour_sets))
-    with open(os.path.join(out, 'collections.jsonl'), 'a') as f:
-        f.write(json.dumps(dict(summary, time=tools.timestamp())) + '\n')
+    tools.append_jsonl(os.path.join(out, 'collections.jsonl'), dict(summary, time=tools.timestamp()))
     summary['paths'] = paths
     return summary
 
