@@ -11,7 +11,8 @@ DreamerV2 curves; and the small-scale DisWM-vs-DreamerV2 comparison under the co
     python scripts/learning.py --experiment diswm                # the DisWM pipeline at small scale (below)
 
 Runs go to `<root>/<task>/seed_<n>` (one dreamer.py run folder each; rerunning the same command resumes an unfinished
-run and skips a finished one). The report is `<out>/learning_table.md` (eval returns against the published seeds),
+run and skips a finished one). The report is `<out>/learning_table.md` (the mean training return per 30k window, the
+statistic the published curves hold, and the evaluation returns, against the published seeds),
 `<out>/learning_training.md` (training metrics per logged step) and `<out>/learning_curves.png` (out defaults to
 root). Published curves: `scripts/reference/dreamerv2_dmc_vision.json` (its `source` names where they come from).
 
@@ -234,6 +235,50 @@ def reference_at(reference: dict, task: str, step: int) -> tuple[float, float, f
     return min(values), sum(values) / len(values), max(values)
 
 
+# What the published curves hold (docs/learning.md, "What the published curves measure"): official DreamerV2's
+# plotting script bins each run's logged returns into 30k-env-step windows and keeps each window's mean. With one
+# evaluation episode every 10k env steps and one training episode every 1000, only the training episodes fill a
+# window 29-30 times, as the published values' exact fractions show: the value at x is the mean return of the
+# training episodes (sampled actions) that ended in (x - 30k, x], not an evaluation at the checkpoint x.
+WINDOW = 30_000
+
+
+def train_windows(rows: list[dict], width: int = WINDOW) -> dict[int, tuple[float, int]]:
+    """{window end: (mean training-episode return, episodes)} per complete `width`-env-step window (0, width],
+    (width, 2 width], ... from a run's metrics rows: each logged row holds the mean return of the episodes that
+    ended since the row before and the episode counter, so a window's mean weights each row by its episodes (rows
+    without a counter, from runs older than it, count once). A window is complete once a row at its end is logged;
+    when a resumed run logged a step twice the later row wins, as everywhere in these reports."""
+    by_step = {}
+    for row in rows:
+        if isinstance(row.get('train_return'), (int, float)) and row['train_return'] == row['train_return']:
+            by_step[int(row['step'])] = row
+    windows, before = {}, 0
+    for step in sorted(by_step):
+        row = by_step[step]
+        count = row.get('episodes')
+        weight = count - before if isinstance(count, (int, float)) and count > before else 1
+        before = count if isinstance(count, (int, float)) else before
+        end = -(-step // width) * width          # the window (end - width, end] this row falls in
+        total, episodes = windows.get(end, (0.0, 0))
+        windows[end] = (total + row['train_return'] * weight, episodes + weight)
+    last = max(by_step, default=0)
+    return {end: (total / episodes, int(episodes)) for end, (total, episodes) in sorted(windows.items())
+            if end <= last and episodes}
+
+
+def collect_windows(root: str, tasks, seeds) -> dict:
+    """{task: {seed: {window end: (mean training return, episodes)}}} for the runs with a complete window."""
+    found = {}
+    for task in tasks:
+        for seed in seeds:
+            rows, _ = rundata.read_metrics(os.path.join(run_dir(root, task, seed), 'metrics.jsonl'))
+            windows = train_windows(rows)
+            if windows:
+                found.setdefault(task, {})[seed] = windows
+    return found
+
+
 def collect(root: str, tasks, seeds) -> dict:
     """{task: {seed: (steps, returns)}} for the run folders that exist and have evaluations."""
     found = {}
@@ -268,6 +313,36 @@ def table(found: dict, reference: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def window_table(found: dict, reference: dict) -> str:
+    """Markdown: per task and 30k window, this project's mean training-episode return per seed and their mean,
+    against the published seeds' values for the same window (the statistic they hold: `train_windows`)."""
+    lines = ['| task | window (env steps) | this project: seeds | mean | published min | published mean | '
+             'published max | vs published |',
+             '|---|---|---|---|---|---|---|---|']
+    for task, runs in found.items():
+        for end in sorted({e for windows in runs.values() for e in windows}):
+            ours = [windows[end][0] for windows in runs.values() if end in windows]
+            mean = sum(ours) / len(ours)
+            ref = reference_at(reference, task, end)
+            if ref:
+                verdict = 'below' if mean < ref[0] else 'above' if mean > ref[2] else 'inside'
+                ref_text = f'{ref[0]:.1f} | {ref[1]:.1f} | {ref[2]:.1f} | {verdict}'
+            else:
+                ref_text = '– | – | – | –'
+            span = f'{(end - WINDOW) // 1000}-{end // 1000}k'
+            lines.append(f'| {task} | {span} | ' + ', '.join(f'{v:.1f}' for v in ours) + f' | {mean:.1f} | {ref_text} |')
+    return '\n'.join(lines) + '\n'
+
+
+TABLE_HEADINGS = (
+    '## Training return per 30k window: the statistic of the published curves\n\n'
+    'Mean return of the training episodes (sampled actions) that ended in each window, as official DreamerV2\'s '
+    'published curves hold it (docs/learning.md, "What the published curves measure").\n\n',
+    '\n## Evaluation return at each evaluation\n\n'
+    'Mean of the evaluation episodes (the actor\'s mean action) at each evaluation; the published column repeats '
+    'the window means above at their window\'s end: the published runs have no evaluation of this kind.\n\n')
+
+
 # What the training table shows per logged step (docs/learning.md, "Results"): the signs of learning and of the
 # failure modes the investigation looked for (bang-bang actor, stalled world model, collapsing values).
 TRAINING_COLUMNS = (('train_return', 'train return', '.1f'), ('eval_return_average', 'eval return', '.1f'),
@@ -298,12 +373,15 @@ def published_band(ax, curves: dict | None, max_step: int) -> None:
     xs = [x for x in curves['xs'] if x <= max_step]
     cols = [[seed[i] for seed in curves['seeds'].values()] for i in range(len(xs))]
     ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color='0.8',
-                    label=f'DreamerV2 published ({len(curves["seeds"])} seeds, min-max)')
+                    label=f'DreamerV2 published ({len(curves["seeds"])} seeds, min-max; training return per 30k '
+                          'window)')
     ax.plot(xs, [sum(c) / len(c) for c in cols], color='0.45', ls='--', marker='s', ms=3, label='published mean')
 
 
-def plot(found: dict, reference: dict, path: str, max_step: int) -> None:
-    """One panel per task: the published seeds' min-max band and mean, and this project's seeds."""
+def plot(found: dict, reference: dict, path: str, max_step: int, windows: dict | None = None) -> None:
+    """One panel per task: the published seeds' min-max band and mean, this project's seeds' evaluation curves and,
+    where given (`collect_windows`), their mean training returns per 30k window, the published curves' statistic,
+    as open squares at each window's end."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -314,13 +392,18 @@ def plot(found: dict, reference: dict, path: str, max_step: int) -> None:
         published_band(ax, reference.get(task), max_step)
         for seed, (steps, values) in sorted(found[task].items()):
             ax.plot(steps, values, marker='o', ms=3, color=f'C{seeds.index(seed) % 10}',
-                    label=f'this project, seed {seed}')
+                    label=f'this project, seed {seed}: evaluation')
+        for seed, means in sorted((windows or {}).get(task, {}).items()):
+            ends = sorted(means)
+            colour = f'C{seeds.index(seed) % 10}' if seed in seeds else f'C{len(seeds) % 10}'
+            ax.plot(ends, [means[e][0] for e in ends], marker='s', ms=6, mfc='none', ls=':', color=colour,
+                    label=f'seed {seed}: training return per 30k window')
         ax.set_title(task)
         ax.set_xlabel('environment steps')
         ax.set_xlim(0, max_step)
         ax.set_ylim(0, 1000)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel('evaluation return')
+    axes[0][0].set_ylabel('return')
     shown = set()
     for ax in axes[0]:        # the first panel's legend, and another wherever a panel has seeds not listed yet
         labels = set(ax.get_legend_handles_labels()[1])
@@ -340,11 +423,12 @@ def run_label(run: str) -> str:
     return {'32': 'fp32', '16': 'fp16'}.get(precision, precision)
 
 
-def compare_runs(roots: list[str], tasks, seeds, names: list[str] | None = None
+def compare_runs(roots: list[str], tasks, seeds, names: list[str] | None = None, windows: bool = False
                  ) -> list[tuple[str, int, list[tuple[str, dict]]]]:
     """(task, seed, [(label, {env step: (eval mean, eval std)}) per root]) for every task and seed that has
-    evaluations under at least two of the roots. Labels are `names` (one per root, `--labels`) where given, else the
-    runs' precisions, with their root where two agree."""
+    evaluations under at least two of the roots; with `windows`, {window end: (mean training return, None)} per
+    complete 30k window instead (`train_windows`). Labels are `names` (one per root, `--labels`) where given, else
+    the runs' precisions, with their root where two agree."""
     found = []
     for task in tasks:
         for seed in seeds:
@@ -352,11 +436,15 @@ def compare_runs(roots: list[str], tasks, seeds, names: list[str] | None = None
             for index, root in enumerate(roots):
                 folder = run_dir(root, task, seed)
                 rows, _ = rundata.read_metrics(os.path.join(folder, 'metrics.jsonl'))
-                steps, means = eval_curve(folder, rows)
-                stds = dict(zip(*rundata.series(rows, 'eval_return_std')))
-                if steps:
+                if windows:
+                    curve = {end: (mean, None) for end, (mean, _) in train_windows(rows).items()}
+                else:
+                    steps, means = eval_curve(folder, rows)
+                    stds = dict(zip(*rundata.series(rows, 'eval_return_std')))
+                    curve = {s: (m, stds.get(s)) for s, m in zip(steps, means)}
+                if curve:
                     label = names[index] if names else run_label(folder)
-                    runs.append((label, root, {s: (m, stds.get(s)) for s, m in zip(steps, means)}))
+                    runs.append((label, root, curve))
             if len(runs) >= 2:
                 labels = [label for label, _, _ in runs]   # `names` are distinct; precisions may repeat
                 found.append((task, seed, [(label if labels.count(label) == 1 else f'{label} ({root})', curve)
@@ -364,16 +452,18 @@ def compare_runs(roots: list[str], tasks, seeds, names: list[str] | None = None
     return found
 
 
-def compare_table(found, reference: dict) -> str:
+def compare_table(found, reference: dict, windows: bool = False) -> str:
     """Markdown: per task, seed and evaluation step, each compared run's eval return (mean ± std over its episodes),
     the difference of every other run from the first, and the published DreamerV2 seeds' spread (max - min) where
     published: a difference inside that spread is within seed noise at that step ("within it", one verdict per
-    difference, in the order of the difference columns)."""
+    difference, in the order of the difference columns). With `windows` (`compare_runs(..., windows=True)`), per
+    30k window the mean training returns, the published curves' statistic."""
     lines, current = [], None
     for task, seed, runs in found:
         labels = [label for label, _ in runs]
         if labels != current:        # a new header wherever the compared runs are named differently
-            lines += ([''] if lines else []) + [_compare_header(labels),
+            lines += ([''] if lines else []) + [_compare_header(labels, 'window (env steps)' if windows else
+                                                                'env steps'),
                                                '|---|---|---|' + '---|' * (2 * len(labels) + 1)]
             current = labels
         for step in sorted(set().union(*[curve for _, curve in runs])):
@@ -390,13 +480,14 @@ def compare_table(found, reference: dict) -> str:
                         for diff in diffs]
             cells += ['–' if diff is None else f'{diff:+.1f}' for diff in diffs]
             cells += ['–' if spread is None else f'{spread:.1f}', ' / '.join(verdicts)]
-            lines.append(f'| {task} | {seed} | {step / 1000:g}k | ' + ' | '.join(cells) + ' |')
+            at = f'{(step - WINDOW) // 1000}-{step // 1000}k' if windows else f'{step / 1000:g}k'
+            lines.append(f'| {task} | {seed} | {at} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 
-def _compare_header(labels: list[str]) -> str:
+def _compare_header(labels: list[str], steps: str = 'env steps') -> str:
     diffs = ' | '.join(f'{label} − {labels[0]}' for label in labels[1:])
-    return ('| task | seed | env steps | ' + ' | '.join(labels) + f' | {diffs} | '
+    return (f'| task | seed | {steps} | ' + ' | '.join(labels) + f' | {diffs} | '
             'published spread (max − min) | within it |')
 
 
@@ -526,10 +617,11 @@ def report(args) -> int:
     reference = load_reference()
     os.makedirs(args.out, exist_ok=True)
     table_path = os.path.join(args.out, 'learning_table.md')
-    text = table(found, reference)
+    windows = collect_windows(args.root, args.tasks, args.seeds)
+    text = TABLE_HEADINGS[0] + window_table(windows, reference) + TABLE_HEADINGS[1] + table(found, reference)
     write_text(table_path, text)
     png_path = os.path.join(args.out, 'learning_curves.png')
-    plot(found, reference, png_path, args.steps)
+    plot(found, reference, png_path, args.steps, windows)
     training_path = os.path.join(args.out, 'learning_training.md')
     write_text(training_path, training_table(args.root, args.tasks, args.seeds))
     print(text)
@@ -542,7 +634,12 @@ def report(args) -> int:
             print(f'--compare: no task and seed has evaluations under {where}.')
             return 1
         compare_path = os.path.join(args.out, 'compare_table.md')
+        compared_windows = compare_runs([args.root] + args.compare, args.tasks, args.seeds, args.labels, windows=True)
         text = compare_table(compared, reference)
+        if compared_windows:
+            text = ('## Training return per 30k window: the statistic of the published curves\n\n'
+                    + compare_table(compared_windows, reference, windows=True)
+                    + '\n## Evaluation return at each evaluation (mean ± std of its episodes)\n\n' + text)
         write_text(compare_path, text)
         compare_png = os.path.join(args.out, 'compare_curves.png')
         compare_plot(compared, reference, compare_png, args.steps)

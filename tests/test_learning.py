@@ -113,13 +113,17 @@ def test_table_and_plot_from_metrics_files(tmp_path):
     args = learning.parse_args(['--root', root, '--seeds', '0,1', '--report_only'])
     assert learning.main(['--root', root, '--seeds', '0,1', '--report_only']) == 0
     text = open(os.path.join(args.out, 'learning_table.md')).read()
+    windows_part, eval_part = text.split('## Evaluation return')
+    assert windows_part.startswith('## Training return per 30k window')
     rows = {tuple(c.strip() for c in line.split('|')[1:3]): [c.strip() for c in line.split('|')[3:-1]]
-            for line in text.splitlines()[2:]}
+            for line in eval_part.splitlines() if line.startswith('| ') and not line.startswith('| task')}
     assert rows[('cartpole_balance', '10k')] == ['150.0', '150.0', '–', '–', '–', '–']
     assert rows[('cartpole_balance', '30k')] == ['250.0, 350.0', '300.0', '281.4', '304.7', '330.5', 'inside']
     assert rows[('cartpole_balance', '60k')] == ['700.0, 500.0', '600.0', '483.6', '538.8', '683.1', 'inside']
     assert rows[('finger_spin', '60k')][1:] == ['100.0', '280.6', '324.0', '414.4', 'below']
     assert ('cheetah_run', '60k') not in rows
+    # Only seed 0 of cartpole_balance logged a train return, at 10k: its first window is not complete (no row at 30k).
+    assert '| cartpole_balance | 0-30k |' not in windows_part
     training = open(os.path.join(args.out, 'learning_training.md')).read().splitlines()
     assert training[0].startswith('| task | seed | env steps | train return | eval return | actor entropy |')
     assert training[2] == '| cartpole_balance | 0 | 10k | 100.0 | 150.0 | – | – | – | – | – | – | – |'
@@ -130,6 +134,52 @@ def test_table_and_plot_from_metrics_files(tmp_path):
     assert not learning.is_finished(os.path.join(root, 'finger_spin', 'seed_1'), 60_000)
 
 
+def dreamer_rows(episode_returns, log_every=2500, episode_steps=1000, counter=True):
+    """Metrics rows as dreamer.py logs them: every `log_every` env steps, the mean return of the training episodes
+    that ended since the last row (an episode ending on the row's step included) and the episode counter."""
+    ends = np.arange(1, len(episode_returns) + 1) * episode_steps
+    rows = []
+    for step in range(log_every, int(ends[-1]) + 1, log_every):
+        ended = (ends > step - log_every) & (ends <= step)
+        row = {'step': step, 'train_return': float(np.mean(np.asarray(episode_returns)[ended]))}
+        if counter:
+            row['episodes'] = int((ends <= step).sum())
+        rows.append(row)
+    return rows
+
+
+def test_train_windows_are_the_mean_of_the_episodes_that_ended_in_each_window():
+    """The published curves' statistic: per 30k env steps, the plain mean of the training episodes that ended in
+    the window, recovered from rows that average 2 or 3 episodes each; an incomplete window is left out."""
+    rng = np.random.default_rng(0)
+    returns = rng.uniform(0, 800, size=70)            # 70 episodes of 1000 env steps: windows to 60k, part of 90k
+    rows = dreamer_rows(returns)
+    assert [r['step'] for r in rows][:3] == [2500, 5000, 7500] and rows[0]['episodes'] == 2
+    windows = learning.train_windows(rows)
+    assert sorted(windows) == [30_000, 60_000]
+    for end in (30_000, 60_000):
+        ended = returns[(end - 30_000) // 1000:end // 1000]  # episodes ending at (end - 30k, end]
+        assert windows[end][0] == pytest.approx(ended.mean()) and windows[end][1] == 30
+    # A resumed run logs some steps again: the later rows win. Rows without the episode counter count once each.
+    replaced = rows[:12] + [dict(r, train_return=r['train_return'] + 1000) for r in rows[8:12]] + rows[12:]
+    again = learning.train_windows(replaced)
+    assert again[60_000] == windows[60_000] and again[30_000][0] > windows[30_000][0]
+    plain = learning.train_windows(dreamer_rows(returns, counter=False))
+    assert plain[30_000][1] == 12 and plain[30_000][0] == pytest.approx(
+        np.mean([r['train_return'] for r in rows if r['step'] <= 30_000]))
+
+
+def test_window_table_puts_the_windows_against_the_published_values(tmp_path):
+    root = str(tmp_path / 'runs')
+    write_metrics(os.path.join(root, 'cheetah_run', 'seed_0'),
+                  dreamer_rows([100.0] * 30 + [300.0] * 30) + [{'step': 60_000, 'eval_return_average': 50.0}])
+    assert learning.main(['--root', root, '--tasks', 'cheetah_run', '--report_only']) == 0
+    text = open(os.path.join(root, 'learning_table.md')).read()
+    assert '| cheetah_run | 0-30k | 100.0 | 100.0 | 82.2 | 108.8 | 160.0 | inside |' in text
+    assert '| cheetah_run | 30-60k | 300.0 | 300.0 | 154.3 | 253.6 | 359.9 | inside |' in text
+    assert '| cheetah_run | 60k | 50.0 | 50.0 | 154.3 | 253.6 | 359.9 | below |' in text
+
+
 def test_compare_puts_the_same_runs_of_two_roots_side_by_side(tmp_path, capsys):
     """--compare: per task, seed and evaluation, both runs' returns (mean ± episode std), their difference and the
     published seeds' spread; runs named by their precision; seeds with one side only are left out."""
@@ -138,13 +188,20 @@ def test_compare_puts_the_same_runs_of_two_roots_side_by_side(tmp_path, capsys):
         folder = os.path.join(root, 'cartpole_balance', 'seed_0')
         rows = [{'step': s, 'eval_return_average': r, 'eval_return_std': r / 10}
                 for s, r in zip((10_000, 30_000, 60_000), returns) if r is not None]
-        write_metrics(folder, rows)
+        episode_return = 200.0 if root == fp32 else 260.0
+        write_metrics(folder, rows + dreamer_rows([episode_return] * (60 if root == fp32 else 45)))
         with open(os.path.join(folder, 'config.yaml'), 'w') as f:
             f.write(f'precision: {precision}\nseed: 0\n')
     write_metrics(os.path.join(fp32, 'finger_spin', 'seed_0'), [{'step': 30_000, 'eval_return_average': 9.0}])
     out = str(tmp_path / 'out')
     assert learning.main(['--root', fp32, '--compare', bf16, '--report_only', '--out', out]) == 0
-    lines = open(os.path.join(out, 'compare_table.md')).read().splitlines()
+    windows, evaluations = open(os.path.join(out, 'compare_table.md')).read().split('## Evaluation return')
+    # The published curves' statistic first: the mean training return per 30k window (bf16 has none at 60k).
+    assert windows.splitlines()[2] == ('| task | seed | window (env steps) | fp32 | bf16 | bf16 − fp32 | '
+                                       'published spread (max − min) | within it |')
+    assert windows.splitlines()[4:] == ['| cartpole_balance | 0 | 0-30k | 200.0 | 260.0 | +60.0 | 49.1 | no |',
+                                        '| cartpole_balance | 0 | 30-60k | 200.0 | – | – | 199.5 | – |', '']
+    lines = evaluations.splitlines()[2:]
     assert lines[0] == ('| task | seed | env steps | fp32 | bf16 | bf16 − fp32 | published spread (max − min) | '
                         'within it |')
     cells = [[c.strip() for c in line.split('|')[1:-1]] for line in lines[2:]]
@@ -375,12 +432,17 @@ def test_plot_gives_a_seed_one_colour_and_lists_every_seed(tmp_path, saved_figur
     found = {'cartpole_balance': {0: ([10_000, 20_000], [1.0, 2.0])},
              'cheetah_run': {0: ([10_000], [2.0]), 1: ([10_000], [3.0])},
              'finger_spin': {1: ([10_000], [4.0])}}
-    learning.plot(found, {}, str(tmp_path / 'curves.png'), 60_000)
+    windows = {'cheetah_run': {1: {30_000: (150.0, 30), 60_000: (250.0, 30)}}}
+    learning.plot(found, {}, str(tmp_path / 'curves.png'), 60_000, windows)
     axes = saved_figures[0].axes
     colours = {ax.get_title(): {line.get_label(): line.get_color() for line in ax.get_lines()} for ax in axes}
-    seed0, seed1 = 'this project, seed 0', 'this project, seed 1'
+    seed0, seed1 = 'this project, seed 0: evaluation', 'this project, seed 1: evaluation'
     assert colours['cartpole_balance'][seed0] == colours['cheetah_run'][seed0] != colours['cheetah_run'][seed1]
     assert colours['cheetah_run'][seed1] == colours['finger_spin'][seed1]
+    # The window means: open squares at the windows' ends, in their seed's colour.
+    square = next(line for line in axes[1].get_lines() if line.get_label() == 'seed 1: training return per 30k window')
+    assert list(square.get_xdata()) == [30_000, 60_000] and list(square.get_ydata()) == [150.0, 250.0]
+    assert square.get_marker() == 's' and square.get_color() == colours['cheetah_run'][seed1]
     assert [ax.get_legend() is not None for ax in axes] == [True, True, False]
     assert (tmp_path / 'curves.png').exists()
 
