@@ -373,9 +373,16 @@ def published_band(ax, curves: dict | None, max_step: int) -> None:
     xs = [x for x in curves['xs'] if x <= max_step]
     cols = [[seed[i] for seed in curves['seeds'].values()] for i in range(len(xs))]
     ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color='0.8',
-                    label=f'DreamerV2 published ({len(curves["seeds"])} seeds, min-max; training return per 30k '
-                          'window)')
+                    label=f'DreamerV2 published ({len(curves["seeds"])} seeds, min-max)')
     ax.plot(xs, [sum(c) / len(c) for c in cols], color='0.45', ls='--', marker='s', ms=3, label='published mean')
+
+
+def steps_axis(ax, max_step: int) -> None:
+    """An x axis of environment steps from 0 to `max_step`, its ticks in thousands (10k, 20k, ...)."""
+    from matplotlib.ticker import FuncFormatter
+    ax.set_xlabel('environment steps')
+    ax.set_xlim(0, max_step)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f'{x / 1000:g}k' if x else '0'))
 
 
 def plot(found: dict, reference: dict, path: str, max_step: int, windows: dict | None = None) -> None:
@@ -392,15 +399,14 @@ def plot(found: dict, reference: dict, path: str, max_step: int, windows: dict |
         published_band(ax, reference.get(task), max_step)
         for seed, (steps, values) in sorted(found[task].items()):
             ax.plot(steps, values, marker='o', ms=3, color=f'C{seeds.index(seed) % 10}',
-                    label=f'this project, seed {seed}: evaluation')
+                    label=f'seed {seed}: evaluation')
         for seed, means in sorted((windows or {}).get(task, {}).items()):
             ends = sorted(means)
             colour = f'C{seeds.index(seed) % 10}' if seed in seeds else f'C{len(seeds) % 10}'
             ax.plot(ends, [means[e][0] for e in ends], marker='s', ms=6, mfc='none', ls=':', color=colour,
-                    label=f'seed {seed}: training return per 30k window')
+                    label=f'seed {seed}: train return, 30k window')
         ax.set_title(task)
-        ax.set_xlabel('environment steps')
-        ax.set_xlim(0, max_step)
+        steps_axis(ax, max_step)
         ax.set_ylim(0, 1000)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel('return')
@@ -512,8 +518,7 @@ def compare_plot(found, reference: dict, path: str, max_step: int) -> None:
             ax.errorbar(steps, [curve[s][0] for s in steps], yerr=[curve[s][1] or 0 for s in steps], marker='o',
                         ms=3, capsize=2, color=colours[label], label=f'{label}, seed {seed}')
         ax.set_title(f'{task}, seed {seed}')
-        ax.set_xlabel('environment steps')
-        ax.set_xlim(0, max_step)
+        steps_axis(ax, max_step)
         ax.set_ylim(0, 1000)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc='upper left')
@@ -577,8 +582,7 @@ def diswm_plot(found: dict, path: str, max_step: int) -> None:
     for ax, title in ((ax_ret, 'evaluation return (colour distractor)'), (ax_loss, 'distill_loss'),
                       (ax_eta, 'distill_eta')):
         ax.set_title(title)
-        ax.set_xlabel('environment steps')
-        ax.set_xlim(0, max_step)
+        steps_axis(ax, max_step)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)

@@ -436,11 +436,11 @@ def test_plot_gives_a_seed_one_colour_and_lists_every_seed(tmp_path, saved_figur
     learning.plot(found, {}, str(tmp_path / 'curves.png'), 60_000, windows)
     axes = saved_figures[0].axes
     colours = {ax.get_title(): {line.get_label(): line.get_color() for line in ax.get_lines()} for ax in axes}
-    seed0, seed1 = 'this project, seed 0: evaluation', 'this project, seed 1: evaluation'
+    seed0, seed1 = 'seed 0: evaluation', 'seed 1: evaluation'
     assert colours['cartpole_balance'][seed0] == colours['cheetah_run'][seed0] != colours['cheetah_run'][seed1]
     assert colours['cheetah_run'][seed1] == colours['finger_spin'][seed1]
     # The window means: open squares at the windows' ends, in their seed's colour.
-    square = next(line for line in axes[1].get_lines() if line.get_label() == 'seed 1: training return per 30k window')
+    square = next(line for line in axes[1].get_lines() if line.get_label() == 'seed 1: train return, 30k window')
     assert list(square.get_xdata()) == [30_000, 60_000] and list(square.get_ydata()) == [150.0, 250.0]
     assert square.get_marker() == 's' and square.get_color() == colours['cheetah_run'][seed1]
     assert [ax.get_legend() is not None for ax in axes] == [True, True, False]
