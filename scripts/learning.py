@@ -300,17 +300,22 @@ def table(found: dict, reference: dict) -> str:
         steps = sorted({s for curve_steps, _ in runs.values() for s in curve_steps})
         for step in steps:
             ours = [dict(zip(*curve)).get(step) for curve in runs.values()]
-            ours = [v for v in ours if v is not None]
-            mean = sum(ours) / len(ours)
-            ref = reference_at(reference, task, step)
-            if ref:
-                verdict = 'below' if mean < ref[0] else 'above' if mean > ref[2] else 'inside'
-                ref_text = f'{ref[0]:.1f} | {ref[1]:.1f} | {ref[2]:.1f} | {verdict}'
-            else:
-                ref_text = '– | – | – | –'
-            seeds_text = ', '.join(f'{v:.1f}' for v in ours)
-            lines.append(f'| {task} | {step // 1000}k | {seeds_text} | {mean:.1f} | {ref_text} |')
+            lines.append(f'| {task} | {step // 1000}k | {against_published(ours, reference, task, step)} |')
     return '\n'.join(lines) + '\n'
+
+
+def against_published(ours: list, reference: dict, task: str, step: int) -> str:
+    """Table cells: this project's values (None: a seed without one) and their mean, then the published seeds'
+    min, mean and max at `step` with the mean's verdict (inside / below / above), or dashes where none is published."""
+    ours = [v for v in ours if v is not None]
+    mean = sum(ours) / len(ours)
+    ref = reference_at(reference, task, step)
+    if ref:
+        verdict = 'below' if mean < ref[0] else 'above' if mean > ref[2] else 'inside'
+        ref_text = f'{ref[0]:.1f} | {ref[1]:.1f} | {ref[2]:.1f} | {verdict}'
+    else:
+        ref_text = '– | – | – | –'
+    return ', '.join(f'{v:.1f}' for v in ours) + f' | {mean:.1f} | {ref_text}'
 
 
 def window_table(found: dict, reference: dict) -> str:
@@ -322,15 +327,8 @@ def window_table(found: dict, reference: dict) -> str:
     for task, runs in found.items():
         for end in sorted({e for windows in runs.values() for e in windows}):
             ours = [windows[end][0] for windows in runs.values() if end in windows]
-            mean = sum(ours) / len(ours)
-            ref = reference_at(reference, task, end)
-            if ref:
-                verdict = 'below' if mean < ref[0] else 'above' if mean > ref[2] else 'inside'
-                ref_text = f'{ref[0]:.1f} | {ref[1]:.1f} | {ref[2]:.1f} | {verdict}'
-            else:
-                ref_text = '– | – | – | –'
             span = f'{(end - WINDOW) // 1000}-{end // 1000}k'
-            lines.append(f'| {task} | {span} | ' + ', '.join(f'{v:.1f}' for v in ours) + f' | {mean:.1f} | {ref_text} |')
+            lines.append(f'| {task} | {span} | {against_published(ours, reference, task, end)} |')
     return '\n'.join(lines) + '\n'
 
 
