@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import dreamer
+import replay
 import tools
-from helpers import ROOT, run_dreamer
+from helpers import ROOT, load_script, run_dreamer
 
 # A tiny cartpole run: the debug preset's schedule, shortened further (100-step episodes, 60 prefill agent steps).
 TINY = ['--configs', 'defaults', 'dmc2gym', 'debug', '--task', 'dmc2gym_cartpole_balance', '--seed', '0',
@@ -65,6 +66,29 @@ def test_conflicting_rerun_leaves_the_run_untouched(finished_run):
         proc = run_dreamer(TINY + ['--logdir', finished_run, '--steps', '900', '--device', 'cuda'], check=False)
         assert proc.returncode == 2 and 'CUDA is not available' in proc.stderr
         assert digest(finished_run) == before
+
+
+def test_train_windows_of_a_run_are_the_means_of_its_episodes_on_disk(tmp_path):
+    """The learning report's published statistic read from a real run's metrics.jsonl (learning.train_windows)
+    equals the plain mean of the returns of the training episodes on disk that ended in each window, the episodes
+    ordered by their file names and placed by their lengths. Logged every 250 env steps, the rows hold 2 or 3
+    episodes of 100 env steps each, so a window's mean must weight them."""
+    logdir = str(tmp_path / 'run')
+    run_dreamer(TINY + ['--logdir', logdir, '--steps', '600', '--log_every', '250', '--eval_every', '1000'])
+    learning = load_script('learning')
+    repeat = int(learning.rundata.read_config(logdir)['action_repeat'])
+    ends, returns, env_steps = [], [], 0
+    for path in replay.list_episodes(os.path.join(logdir, 'train_eps')):
+        episode = replay.load_episode(path, ['reward'])
+        env_steps += (len(episode['reward']) - 1) * repeat       # transitions: the reset step has no action
+        ends.append(env_steps)
+        returns.append(float(episode['reward'].sum()))
+    rows = [json.loads(line) for line in open(os.path.join(logdir, 'metrics.jsonl'))]
+    assert [row.get('episodes') for row in rows if 'train_return' in row][:2] == [2, 5]
+    windows = learning.train_windows(rows, 500)
+    assert list(windows) == [500] and windows[500][1] == 5 and ends[:5] == [100, 200, 300, 400, 500]
+    assert windows[500][0] == pytest.approx(np.mean(returns[:5]), rel=1e-5)
+    assert windows[500][0] != pytest.approx(np.mean([row['train_return'] for row in rows[:2]]), rel=1e-5)
 
 
 def test_resumable_change_is_recorded_and_training_goes_on(tmp_path):
