@@ -195,6 +195,9 @@ def run_status(run: str, steps: int) -> dict:
     train_steps, train_values = rundata.series(rows, 'train_return')
     if train_steps:
         status['train'] = (train_steps[-1], train_values[-1])
+    windows = train_windows(rows)
+    if windows:                  # the last complete 30k window: the published curves' statistic
+        status['window'] = (max(windows), windows[max(windows)][0])
     # Episodes after the random prefill only (those are written back to back, without updates).
     prefill_env_steps = int(float(config.get('prefill', 0))) * repeat
     before = itertools.accumulate((n for _, n in episodes), initial=0)   # env steps collected before each episode
@@ -209,14 +212,17 @@ def run_status(run: str, steps: int) -> dict:
 
 
 def print_status(runs: list[str], steps: int) -> None:
-    print(f"{'state':<12} {'env steps':>17}  {'last eval':>16}  {'last train':>16}  {'min/1k':>6}  {'left':>6}  run")
+    print(f"{'state':<12} {'env steps':>17}  {'last eval':>16}  {'last train':>16}  {'train, 30k window':>18}  "
+          f"{'min/1k':>6}  {'left':>6}  run")
     for run in runs:
         st = run_status(run, steps)
         at = lambda key: f'{st[key][1]:.1f} @{st[key][0] / 1000:g}k' if key in st else '-'  # noqa: E731
+        window = (f"{st['window'][1]:.1f} @{(st['window'][0] - WINDOW) // 1000}-{st['window'][0] // 1000}k"
+                  if 'window' in st else '-')
         pace = f"{st['minutes_per_1k']:.1f}" if 'minutes_per_1k' in st else '-'
         left = f"{st['hours_left']:.1f} h" if 'hours_left' in st else '-'
-        print(f"{st['state']:<12} {st['env_steps']:>8} / {steps:<7}  {at('eval'):>16}  {at('train'):>16}  {pace:>6}  "
-              f"{left:>6}  {run}")
+        print(f"{st['state']:<12} {st['env_steps']:>8} / {steps:<7}  {at('eval'):>16}  {at('train'):>16}  "
+              f"{window:>18}  {pace:>6}  {left:>6}  {run}")
 
 
 def load_reference(path: str = REFERENCE) -> dict:

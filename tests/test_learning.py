@@ -390,6 +390,11 @@ def test_status_reads_steps_returns_and_pace_from_the_run_folder(tmp_path, capsy
     out = capsys.readouterr().out
     assert 'stopped' in out and '7000 / 60000' in out and '210.0 @5k' in out and '10.0' in out and '8.8 h' in out
     assert 'not started' in out
+    assert 'window' not in status                                  # no 30k window complete yet
+    write_metrics(run, dreamer_rows([100.0] * 30 + [250.0] * 32))    # two windows complete, a third begun
+    assert learning.run_status(run, 60_000)['window'] == (60_000, 250.0)
+    assert learning.main(['--status', '--root', root]) == 0
+    assert '250.0 @30-60k' in capsys.readouterr().out
 
 
 def test_status_without_the_yaml_package_is_an_error_not_a_fresh_run(tmp_path, monkeypatch):
