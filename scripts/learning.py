@@ -217,8 +217,7 @@ def print_status(runs: list[str], steps: int) -> None:
     for run in runs:
         st = run_status(run, steps)
         at = lambda key: f'{st[key][1]:.1f} @{st[key][0] / 1000:g}k' if key in st else '-'  # noqa: E731
-        window = (f"{st['window'][1]:.1f} @{(st['window'][0] - WINDOW) // 1000}-{st['window'][0] // 1000}k"
-                  if 'window' in st else '-')
+        window = f"{st['window'][1]:.1f} @{window_name(st['window'][0])}" if 'window' in st else '-'
         pace = f"{st['minutes_per_1k']:.1f}" if 'minutes_per_1k' in st else '-'
         left = f"{st['hours_left']:.1f} h" if 'hours_left' in st else '-'
         print(f"{st['state']:<12} {st['env_steps']:>8} / {steps:<7}  {at('eval'):>16}  {at('train'):>16}  "
@@ -271,6 +270,11 @@ def train_windows(rows: list[dict], width: int = WINDOW) -> dict[int, tuple[floa
     last = max(by_step, default=0)
     return {end: (total / episodes, int(episodes)) for end, (total, episodes) in sorted(windows.items())
             if end <= last and episodes}
+
+
+def window_name(end: int) -> str:
+    """How a window is named in tables and the status line: '30-60k' for the window ending at 60k."""
+    return f'{(end - WINDOW) // 1000}-{end // 1000}k'
 
 
 def collect_windows(root: str, tasks, seeds) -> dict:
@@ -333,13 +337,13 @@ def window_table(found: dict, reference: dict) -> str:
     for task, runs in found.items():
         for end in sorted({e for windows in runs.values() for e in windows}):
             ours = [windows[end][0] for windows in runs.values() if end in windows]
-            span = f'{(end - WINDOW) // 1000}-{end // 1000}k'
-            lines.append(f'| {task} | {span} | {against_published(ours, reference, task, end)} |')
+            lines.append(f'| {task} | {window_name(end)} | {against_published(ours, reference, task, end)} |')
     return '\n'.join(lines) + '\n'
 
 
+WINDOW_HEADING = '## Training return per 30k window: the statistic of the published curves\n\n'
 TABLE_HEADINGS = (
-    '## Training return per 30k window: the statistic of the published curves\n\n'
+    WINDOW_HEADING +
     'Mean return of the training episodes (sampled actions) that ended in each window, as official DreamerV2\'s '
     'published curves hold it (docs/learning.md, "What the published curves measure").\n\n',
     '\n## Evaluation return at each evaluation\n\n'
@@ -490,7 +494,7 @@ def compare_table(found, reference: dict, windows: bool = False) -> str:
                         for diff in diffs]
             cells += ['–' if diff is None else f'{diff:+.1f}' for diff in diffs]
             cells += ['–' if spread is None else f'{spread:.1f}', ' / '.join(verdicts)]
-            at = f'{(step - WINDOW) // 1000}-{step // 1000}k' if windows else f'{step / 1000:g}k'
+            at = window_name(step) if windows else f'{step / 1000:g}k'
             lines.append(f'| {task} | {seed} | {at} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
@@ -645,8 +649,7 @@ def report(args) -> int:
         compared_windows = compare_runs([args.root] + args.compare, args.tasks, args.seeds, args.labels, windows=True)
         text = compare_table(compared, reference)
         if compared_windows:
-            text = ('## Training return per 30k window: the statistic of the published curves\n\n'
-                    + compare_table(compared_windows, reference, windows=True)
+            text = (WINDOW_HEADING + compare_table(compared_windows, reference, windows=True)
                     + '\n## Evaluation return at each evaluation (mean ± std of its episodes)\n\n' + text)
         write_text(compare_path, text)
         compare_png = os.path.join(args.out, 'compare_curves.png')
