@@ -8,6 +8,7 @@ DreamerV2 curves; and the small-scale DisWM-vs-DreamerV2 comparison under the co
     python scripts/learning.py --report_only --compare runs/learning_bf16 --labels fp32,bf16   # ... named in the report
     python scripts/learning.py --dry_run                         # print the commands, run nothing
     python scripts/learning.py --model official --tasks cheetah_run   # official DreamerV2's model (runs/learning_official)
+    python scripts/learning.py --model official_all --tasks finger_spin  # ... trained as official trains it, all we can set
     python scripts/learning.py --experiment diswm                # the DisWM pipeline at small scale (below)
 
 Runs go to `<root>/<task>/seed_<n>` (one dreamer.py run folder each; rerunning the same command resumes an unfinished
@@ -80,8 +81,10 @@ def run_dir(root: str, task: str, seed: int) -> str:
 
 # `--model`: which world model and heads the protocol trains. release: this project's default (the DisWM release's
 # DMC model, Gaussian latents); official: official DreamerV2's DMC-vision model (configs.yaml, dreamerv2_official),
-# the model behind the published curves.
-MODEL_PRESETS = {'release': [], 'official': ['dreamerv2_official']}
+# the model behind the published curves; official_all: that model trained as official DreamerV2 trains it in every
+# respect this project can set (+ dreamerv2_official_training: Glorot init, actor offset 1, within-episode replay).
+MODEL_PRESETS = {'release': [], 'official': ['dreamerv2_official'],
+                 'official_all': ['dreamerv2_official', 'dreamerv2_official_training']}
 
 
 def _dreamer(task: str, flags: dict, args) -> list[str]:
@@ -689,10 +692,12 @@ def parse_args(argv=None):
                         help="release: this project's default model (the DisWM release's: 50-dim Gaussian latents, "
                              "conv depth 32); official: official DreamerV2's DMC-vision model, the one behind the "
                              "published curves (32 x 32 categorical latents, depth 48, 4-layer reward head and critic, "
-                             "reward weight 1, weight decay 1e-6 per update; ~2x the update cost)")
+                             "reward weight 1, weight decay 1e-6 per update; ~2x the update cost); official_all: "
+                             "that model with the rest of official DreamerV2's training this project can set "
+                             "(Glorot init, actor objective offset 1, replay sampled inside episodes)")
     parser.add_argument('--root', default=None,
-                        help='folder of the run folders (default runs/learning; runs/learning_official with '
-                             '--model official)')
+                        help='folder of the run folders (default runs/learning; runs/learning_<model> with '
+                             '--model official or official_all)')
     parser.add_argument('--out', default=None, help='folder for the table and PNG (default: --root)')
     parser.add_argument('--progress', default='True', choices=['True', 'False'], help="dreamer.py's progress bar")
     parser.add_argument('--report_only', action='store_true', help='only write the table and PNG')
@@ -717,8 +722,8 @@ def parse_args(argv=None):
     if args.threads is None:
         args.threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
     if args.model != 'release' and args.experiment != 'dreamerv2':
-        parser.error('--model official is for the DreamerV2 protocol (--experiment dreamerv2): the DisWM experiment '
-                     "trains the release's model, whose video model it distils from")
+        parser.error(f'--model {args.model} is for the DreamerV2 protocol (--experiment dreamerv2): the DisWM '
+                     "experiment trains the release's model, whose video model it distils from")
     args.root = args.root or ('runs/learning' if args.model == 'release' else f'runs/learning_{args.model}')
     args.out = args.out or args.root
     if args.compare is not None:
