@@ -8,7 +8,7 @@ DreamerV2 curves; and the small-scale DisWM-vs-DreamerV2 comparison under the co
     python scripts/learning.py --report_only --compare runs/learning_bf16 --labels fp32,bf16   # ... named in the report
     python scripts/learning.py --dry_run                         # print the commands, run nothing
     python scripts/learning.py --model official --tasks cheetah_run   # official DreamerV2's model (runs/learning_official)
-    python scripts/learning.py --model official_all --tasks finger_spin  # ... trained as official trains it, all we can set
+    python scripts/learning.py --model official_all --tasks finger_spin   # ... trained as official does (all settable)
     python scripts/learning.py --experiment diswm                # the DisWM pipeline at small scale (below)
 
 Runs go to `<root>/<task>/seed_<n>` (one dreamer.py run folder each; rerunning the same command resumes an unfinished

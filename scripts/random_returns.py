@@ -44,10 +44,10 @@ def random_returns(task: str, episodes: int, action_repeat: int, seed: int):
     """(returns per episode, rewarded agent steps, physics fingerprint summed over the episodes)."""
     returns, rewarded, fingerprint = [], 0, 0.0
     for episode in range(episodes):
-        rewards, print_ = episode_rewards(task, episode, action_repeat, seed)
+        rewards, trace = episode_rewards(task, episode, action_repeat, seed)
         returns.append(sum(rewards))
         rewarded += sum(r > 0 for r in rewards)
-        fingerprint += print_
+        fingerprint += trace
     return returns, rewarded, fingerprint
 
 

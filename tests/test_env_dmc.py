@@ -291,8 +291,8 @@ def test_rewards_equal_dm_control_stepped_as_official_dreamerv2_steps_it(name, e
     same actions from the same task seed, summed over the repeat as official DreamerV2's DMC wrapper sums them
     (scripts/random_returns.py steps dm_control alone; in its finger_spin episode 27 the body passes the reward's
     speed threshold in agent steps 36, 37, 49 and 50)."""
-    from scripts.random_returns import episode_rewards
-    theirs, _ = episode_rewards(name, episode, action_repeat=2, seed=0, steps=100)
+    from helpers import load_script
+    theirs, _ = load_script('random_returns').episode_rewards(name, episode, action_repeat=2, seed=0, steps=100)
     environment = make(f'dmc2gym_{name}', seed=episode, distractor='clean', time_limit=200)
     rng = np.random.RandomState([0, episode])
     environment.reset()
