@@ -200,7 +200,8 @@ def run_status(run: str, steps: int) -> dict:
         status['train'] = (train_steps[-1], train_values[-1])
     windows = train_windows(rows)
     if windows:                  # the last complete 30k window: the published curves' statistic
-        status['window'] = (max(windows), windows[max(windows)][0])
+        end = max(windows)
+        status['window'] = (end, windows[end][0])
     # Episodes after the random prefill only (those are written back to back, without updates).
     prefill_env_steps = int(float(config.get('prefill', 0))) * repeat
     before = itertools.accumulate((n for _, n in episodes), initial=0)   # env steps collected before each episode
