@@ -209,15 +209,22 @@ def _is_number(text):
 # Keys renamed since runs were written (old -> new). The old name stays accepted on the command line (`pretrain` is
 # also DreamerV2's and the release's name) and in saved configs (`upgrade_saved_config`).
 RENAMED_KEYS = {'pretrain': 'prefill_updates'}
+# Keys added after runs were written that a preset sets to something else than the behaviour before them: a saved
+# config without one ran with this value. Filling it in makes resuming such a run under that preset a conflict
+# (dreamer.check_run_identity) instead of a silent change of what the run does.
+ADDED_KEYS = {'opt_eps_keras': False}
 
 
 def upgrade_saved_config(saved: dict) -> dict:
     """A saved config (a run's config.yaml, a checkpoint's copy) in this code's terms: renamed keys under their new
-    names, and `mode` resolved from the alias flags as `finalize_config` does."""
+    names, keys added since with the value the run had, and `mode` resolved from the alias flags as
+    `finalize_config` does."""
     saved = dict(saved or {})
     for old, new in RENAMED_KEYS.items():
         if old in saved and new not in saved:
             saved[new] = saved.pop(old)
+    for key, value in ADDED_KEYS.items():
+        saved.setdefault(key, value)
     try:
         saved['mode'] = mode_of(saved)
     except ValueError as e:
@@ -792,12 +799,17 @@ class Optimizer:
     """Adam with gradient clipping over a fixed parameter list; `step(loss)` returns the grad norm tensor.
 
     With `scaler=True` (fp16 training) the loss is scaled and steps with inf/nan gradients are skipped.
+    With `eps_keras=True` epsilon sits where TensorFlow/Keras's Adam (official DreamerV2's optimizer) puts it: added
+    to the square root of the *uncorrected* second moment, p -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps),
+    i.e. torch's bias-corrected form with eps / sqrt(1 - b2^t) at step t (~32 eps at t = 1, 3.2 eps at t = 100,
+    1.26 eps at t = 1000). It only matters where gradients are as small as eps (the actor's, early on).
     """
 
-    def __init__(self, name, parameters, lr, eps, clip, weight_decay=0.0, scaler=False):
+    def __init__(self, name, parameters, lr, eps, clip, weight_decay=0.0, scaler=False, eps_keras=False):
         self.name = name
         self.parameters = list(parameters)
         self.clip = clip
+        self.eps, self.eps_keras = eps, eps_keras
         kwargs = dict(lr=lr, eps=eps, weight_decay=weight_decay, foreach=True)
         self.opt = torch.optim.AdamW(self.parameters, **kwargs) if weight_decay else torch.optim.Adam(
             self.parameters, **kwargs)
@@ -815,7 +827,8 @@ class Optimizer:
         `weight_decay_step` w (official DreamerV2's wd) multiplies every parameter by 1 - w before each step; AdamW
         multiplies by 1 - lr x weight_decay, so it is AdamW with weight_decay = w / lr."""
         decay = config.weight_decay or (config.get('weight_decay_step', 0.0) / lr if lr else 0.0)
-        return cls(name, parameters, lr, config.opt_eps, config.grad_clip, decay, scaler=str(config.precision) == '16')
+        return cls(name, parameters, lr, config.opt_eps, config.grad_clip, decay, scaler=str(config.precision) == '16',
+                   eps_keras=bool(config.get('opt_eps_keras', False)))
 
     def zero_grad(self):
         grads = []
@@ -827,8 +840,17 @@ class Optimizer:
         if grads:
             torch._foreach_zero_(grads)
 
+    def _set_keras_eps(self):
+        """Sets this step's eps for `eps_keras` (t = the step about to be taken, as torch's Adam counts it)."""
+        state = self.opt.state.get(self.parameters[0])
+        t = int(state['step']) + 1 if state else 1
+        group = self.opt.param_groups[0]
+        group['eps'] = self.eps / (1 - group['betas'][1] ** t) ** 0.5
+
     def step(self, loss: torch.Tensor) -> torch.Tensor:
         self.zero_grad()
+        if self.eps_keras and self.parameters:
+            self._set_keras_eps()
         if self.scaler is None:
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.clip, foreach=True)

@@ -12,6 +12,7 @@ actually followed. The checks of docs/learning.md's investigation, for a run tha
     python scripts/diagnose.py RUN --stalls --episodes 0                  # which episodes end standing still
     python scripts/diagnose.py RUN --actions --source eval --episodes 10  # does the policy hold a joint still?
     python scripts/diagnose.py RUN --reward_refit --episodes 0 --threads 2  # is the reward head behind its data?
+    python scripts/diagnose.py RUN --first_updates --set opt_eps_keras=True  # the first training call, replayed
     python scripts/diagnose.py RUN/checkpoints/checkpoint_000040000.pt --source eval --episodes 10 --imagine
 
 RUN is a run folder or a checkpoint file: its checkpoint.pt, or a snapshot that `--keep_checkpoints True` kept of an
@@ -60,6 +61,13 @@ all the episodes (the run's reward learning rate, batches of batch_size x batch_
 same size fitted on all but the last `--held_out` episodes, on those and on the held-out ones. The run's head well
 above the refitted one on the same steps is a head lagging behind its own data; the new head far off on the held-out
 episodes only is a reward that does not carry over to the newest states.
+
+`--first_updates` replays the run's first training call from fresh weights (the run's seed and config, no checkpoint
+needed): `--updates` updates (default: the run's `prefill_updates`) sampled as in training from its random prefill
+episodes, then the actor's mean action, its saturated share (|mean| > 0.9) and its std on every state of those
+episodes. It asks what the actor does before it has seen much reward, e.g. whether it already sits in a corner of the
+action box (docs/learning.md, "Adam's epsilon"); `--set KEY=VALUE` (repeatable) changes a config key for the
+replay, to compare a variant from the same start (`--set opt_eps_keras=True`).
 """
 from __future__ import annotations
 
@@ -486,6 +494,84 @@ def training_batch(agent, episodes: list[dict], batch: int, length: int, seed: i
     return agent.training_batch(buffer.sample(batch, length))
 
 
+def first_updates(config, action_size: int, episodes: list[dict], updates: int, every: int = 20) -> dict:
+    """A fresh agent of `config` (seeded from its seed, as dreamer.py seeds a run) trained `updates` times on batches
+    sampled from `episodes` as the run samples them; returns the actor's entropy and gradient norm every `every`
+    updates and, afterwards, its mean action and std on every state of the episodes (posteriors of the whole
+    episode, latents at their mode)."""
+    import torch
+
+    import agents
+    import dreamer
+    dreamer.configure_torch(config)
+    agent = agents.make_agent(config, action_size)
+    buffer = dreamer.make_replay(config)
+    for ep in episodes:
+        buffer.add_episode(ep)
+    trace = []
+    step = config.prefill          # the agent step of the first training call (schedules such as DisWM's eta)
+    for i in range(updates):
+        metrics = agent.update(buffer.sample(config.batch_size, config.batch_length), step)
+        if i % every == 0 or i == updates - 1:
+            trace.append((i + 1, float(metrics['actor_entropy']), float(metrics['actor_grad_norm'])))
+    means, stds = [], []
+    with torch.no_grad(), agent.autocast():
+        for ep in episodes:
+            data = agent.to_torch({k: v[None] for k, v in ep.items()})
+            post = agent.wm.observe(data, sample=False)['post']
+            dist = agent.behavior.actor(agent.wm.rssm.feat(post))
+            means.append(dist.mean[0].float().cpu().numpy())
+            stds.append(dist.std[0].float().cpu().numpy())
+    mean, std = np.concatenate(means), np.concatenate(stds)
+    return dict(trace=trace, mean=mean.mean(0), saturated=(np.abs(mean) > 0.9).mean(0), spread=mean.std(0),
+                std=std.mean(0), states=len(mean))
+
+
+def first_updates_report(result: dict) -> str:
+    vec = lambda x: '(' + ', '.join(f'{v:.3f}' for v in x) + ')'
+    lines = ['update | actor entropy | actor grad norm'] + [f'{i} | {e:.3f} | {g:.4g}' for i, e, g in result['trace']]
+    lines.append(f"after: on {result['states']} states, mean action per dimension {vec(result['mean'])}, share with "
+                 f"|mean| > 0.9 {vec(result['saturated'])}, std of the mean over states {vec(result['spread'])}, "
+                 f"actor std {vec(result['std'])}")
+    return '\n'.join(lines)
+
+
+def first_updates_main(args) -> int:
+    """--first_updates: the run's config and prefill episodes, fresh weights (no checkpoint read)."""
+    import agents
+    import tools
+    run = run_folder(args.run)
+    try:
+        config = agents.run_config(os.path.join(run, 'checkpoint.pt'), {})
+        for item in args.set:
+            key, sep, text = item.partition('=')
+            if not sep or key not in config:
+                raise tools.ConfigError(f"--set expects KEY=VALUE with a key of the run's config, got '{item}'.")
+            setattr(config, key, tools.parse_value(text, config[key], key))
+        config.device, config.compile, config.threads = 'cpu', False, args.threads
+        config = tools.finalize_config(config)
+    except tools.ConfigError as e:
+        print(f'Error: {e}', file=sys.stderr)
+        return 2
+    import replay
+    episodes, steps = [], 0
+    for f in episode_files(os.path.join(run, 'train_eps'), 0):
+        if steps >= config.prefill:
+            break
+        episodes.append(replay.load_episode(f, ('image', 'action', 'reward', 'is_first')))
+        steps += replay.episode_length(episodes[-1])
+    if steps < max(config.prefill, config.batch_length):
+        print(f"Error: '{run}/train_eps' holds {steps} agent steps, fewer than the run's prefill of {config.prefill}: "
+              f"the run has not finished its random prefill yet.", file=sys.stderr)
+        return 2
+    updates = config.prefill_updates if args.updates is None else args.updates
+    changed = ', '.join(args.set) or 'none'
+    print(f'{run}: {updates} updates from fresh weights (seed {config.seed}) on its first {len(episodes)} training '
+          f'episodes ({steps} agent steps); changed: {changed}')
+    print(first_updates_report(first_updates(config, episodes[0]['action'].shape[-1], episodes, updates)))
+    return 0
+
+
 def reward_features(wm, episodes: list[dict], window: int):
     """Posterior features (n, F) of `episodes` observed in consecutive windows of `window` agent steps, each from a
     fresh state, without each window's first step (no information about the reward that led to it); returns
@@ -725,7 +811,16 @@ def main(argv=None) -> int:
     parser.add_argument('--imagine', action='store_true',
                         help='also, per episode: the actor\'s imagined rewards and returns from the visited states '
                              'against what followed (model exploitation: imagination better than the episodes)')
+    parser.add_argument('--first_updates', action='store_true',
+                        help='only (no checkpoint read): the run\'s first training call replayed from fresh weights '
+                             'on its prefill episodes, then where the actor\'s mean action sits (see above)')
+    parser.add_argument('--updates', type=int, default=None,
+                        help='--first_updates: updates (default: the run\'s prefill_updates)')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='--first_updates: a config key changed for the replay (repeatable)')
     args = parser.parse_args(argv)
+    if args.first_updates:
+        return first_updates_main(args)
     if args.stalls or args.actions:
         return episodes_main(args)
     import torch

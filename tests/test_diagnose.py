@@ -474,3 +474,66 @@ def test_reward_refit_command(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert '3 train episodes, the last 2 held out' in out and '3 Adam steps per fit' in out   # held_out capped
     assert out.count('\n') == 1 + 2 + 6 and 'held out: last 2' in out
+
+
+def tiny_run_config(tmp_path):
+    return tools.make_config(['--configs', 'defaults', 'dmc2gym', 'debug', '--device', 'cpu', '--units', '16',
+                              '--dyn_deter', '16', '--dyn_hidden', '16', '--dyn_stoch', '4', '--cnn_depth', '4',
+                              '--prefill', '60', '--prefill_updates', '2', '--batch_size', '2', '--batch_length', '8',
+                              '--seed', '3', '--logdir', str(tmp_path)])
+
+
+def random_episodes(count: int, length: int = 31, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [dict(image=rng.integers(0, 255, (length, 64, 64, 3), dtype=np.uint8),
+                 action=rng.uniform(-1, 1, (length, 2)).astype(np.float32),
+                 reward=rng.uniform(0, 1, length).astype(np.float32), is_first=np.eye(1, length, dtype=bool)[0])
+            for _ in range(count)]
+
+
+def test_first_updates_start_from_the_seeded_fresh_agent_and_read_every_state(tmp_path):
+    """With no update the actor is the fresh agent of the run's seed; its mean action on every state equals the
+    actor applied to posteriors observed step by step (latents at their mode)."""
+    import dreamer
+    config = tiny_run_config(tmp_path)
+    episodes = random_episodes(2)
+    result = diagnose.first_updates(config, 2, episodes, 0)
+    assert result['trace'] == [] and result['states'] == 2 * 31
+    dreamer.configure_torch(config)
+    agent = agents.make_agent(config, 2)
+    means = []
+    with torch.no_grad():
+        for ep in episodes:
+            data = agent.to_torch({k: v[None] for k, v in ep.items()})
+            embed = agent.wm.encoder(data['image'].float() / 255 - 0.5, sample=False)['embed'][0]
+            state = None
+            for t in range(len(ep['image'])):
+                state = agent.wm.rssm.initial(1, 'cpu') if state is None else state
+                state, _ = agent.wm.rssm.obs_step(state, agent.wm.pad_action(data['action'][:, t]), embed[t:t + 1],
+                                                  data['is_first'][:, t].float(), sample=False)
+                means.append(agent.behavior.actor(agent.wm.rssm.feat(state)).mean[0].numpy())
+    means = np.stack(means)
+    assert np.allclose(result['mean'], means.mean(0), atol=1e-5)
+    assert np.allclose(result['saturated'], (np.abs(means) > 0.9).mean(0))
+    assert np.allclose(result['spread'], means.std(0), atol=1e-5)
+    trained = diagnose.first_updates(config, 2, episodes, 3, every=1)
+    assert [i for i, _, _ in trained['trace']] == [1, 2, 3]
+    assert not np.allclose(trained['mean'], result['mean'])               # the updates moved the actor
+    again = diagnose.first_updates(config, 2, episodes, 3, every=1)
+    assert again['trace'] == trained['trace'] and np.array_equal(again['mean'], trained['mean'])   # seeded
+
+
+def test_first_updates_command_reads_the_runs_config_and_prefill(tmp_path, capsys):
+    import replay
+    config = tiny_run_config(tmp_path)
+    tools.save_config(config, str(tmp_path / 'config.yaml'))
+    for ep in random_episodes(3, seed=1):            # 90 agent steps: the first two cover the prefill of 60
+        replay.save_episode(str(tmp_path / 'train_eps'), ep)
+    assert diagnose.main([str(tmp_path), '--first_updates', '--set', 'opt_eps_keras=True']) == 0
+    out = capsys.readouterr().out
+    assert '2 updates from fresh weights (seed 3) on its first 2 training episodes (60 agent steps)' in out
+    assert 'changed: opt_eps_keras=True' in out and out.count('\n') == 1 + 1 + 2 + 1
+    assert diagnose.main([str(tmp_path), '--first_updates', '--set', 'opt_eps_kerass=True']) == 2
+    assert "--set expects KEY=VALUE with a key of the run's config" in capsys.readouterr().err
+    assert diagnose.main([str(tmp_path), '--first_updates', '--set', 'prefill=200']) == 2
+    assert 'has not finished its random prefill' in capsys.readouterr().err

@@ -57,18 +57,19 @@ def test_official_model_option_adds_the_official_dreamerv2_preset(tmp_path):
 
 
 def test_official_all_option_adds_official_dreamerv2_training_to_its_model(tmp_path):
-    """--model official_all: the official model plus official DreamerV2's initialisation, actor objective and replay
-    sampling; nothing else of the protocol changes."""
+    """--model official_all: the official model plus official DreamerV2's initialisation, actor objective, replay
+    sampling and Adam epsilon; nothing else of the protocol changes."""
     args = learning.parse_args(['--model', 'official_all', '--tasks', 'finger_spin', '--precision', 'bf16'])
     assert args.root == 'runs/learning_official_all'
     args.root = str(tmp_path)
     config = resolved(learning.build_command('finger_spin', 0, args))
     args.model = 'official'
     model_only = resolved(learning.build_command('finger_spin', 0, args))
-    training = {'weight_init': 'glorot', 'actor_return_offset': 1, 'sample_within_episodes': True}
+    training = {'weight_init': 'glorot', 'actor_return_offset': 1, 'sample_within_episodes': True,
+                'opt_eps_keras': True}
     assert {key: config[key] for key in training} == training
     assert {key: model_only[key] for key in training} == {'weight_init': 'torch', 'actor_return_offset': 0,
-                                                          'sample_within_episodes': False}
+                                                          'sample_within_episodes': False, 'opt_eps_keras': False}
     differ = {key for key in config if config[key] != model_only[key]}
     assert differ == set(training)
     with pytest.raises(SystemExit):

@@ -507,6 +507,45 @@ def test_weight_decay_step_is_official_dreamerv2s_lr_independent_decay():
         tools.make_config(['--weight_decay', '1e-4', '--weight_decay_step', '1e-6'])
 
 
+def test_opt_eps_keras_is_tensorflow_adams_update_written_out():
+    """--opt_eps_keras True: p -= lr sqrt(1 - b2^t) / (1 - b1^t) m_t / (sqrt(v_t) + eps) on the raw moments, as
+    TensorFlow's Adam (official DreamerV2's optimizer) steps, here with official DreamerV2's weight decay before it;
+    gradients as small as eps, where the two placements of eps differ."""
+    eps, lr, w, b1, b2 = 1e-5, 1e-3, 1e-3, 0.9, 0.999
+    args = ['--configs', 'defaults', '--opt_eps', str(eps), '--grad_clip', '1e9', '--weight_decay_step', str(w)]
+    torch.manual_seed(0)
+    x = torch.randn(8, 4)
+    start = torch.nn.Linear(4, 3).state_dict()
+    loss = lambda m: 1e-5 * m(x).pow(2).sum()        # gradients of order eps
+    results = {}
+    for keras in (False, True):
+        layer = torch.nn.Linear(4, 3)
+        layer.load_state_dict(start)
+        config = tools.make_config(args + ['--opt_eps_keras', str(keras)])
+        opt = tools.Optimizer.for_config('m', layer.parameters(), lr, config)
+        for _ in range(5):
+            opt.step(loss(layer))
+        results[keras] = [p.detach().clone() for p in layer.parameters()]
+    # The same five steps by hand, in float64.
+    ref = torch.nn.Linear(4, 3).double()
+    ref.load_state_dict({k: v.double() for k, v in start.items()})
+    m = [torch.zeros_like(p) for p in ref.parameters()]
+    v = [torch.zeros_like(p) for p in ref.parameters()]
+    for t in range(1, 6):
+        ref.zero_grad()
+        (1e-5 * ref(x.double()).pow(2).sum()).backward()
+        with torch.no_grad():
+            for i, p in enumerate(ref.parameters()):
+                p.mul_(1 - w)
+                m[i] = b1 * m[i] + (1 - b1) * p.grad
+                v[i] = b2 * v[i] + (1 - b2) * p.grad ** 2
+                p.sub_(lr * (1 - b2 ** t) ** 0.5 / (1 - b1 ** t) * m[i] / (v[i].sqrt() + eps))
+    for got, want in zip(results[True], ref.parameters()):
+        assert torch.allclose(got.double(), want, atol=1e-7, rtol=0)
+    moved = lambda params: sum(float((p - start[k]).abs().sum()) for p, k in zip(params, ('weight', 'bias')))
+    assert moved(results[True]) < 0.5 * moved(results[False])     # early steps much smaller than torch's form
+
+
 def test_actor_return_offset_one_is_official_dreamerv2s_actor_objective():
     """--actor_return_offset 1: -mean_t<H-1 w_t (R_{t+1} + eta H[pi(.|s_t)]) (official DreamerV2's final version);
     0 (the default): -mean_t<H w_t (R_t + eta H[pi(.|s_t)]). Both from one imagined rollout, written out by hand."""

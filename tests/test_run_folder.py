@@ -300,3 +300,17 @@ def test_run_written_before_the_mode_and_the_rename_still_resumes(tmp_path):
     assert dreamer.run_changes(str(tmp_path), tools.make_config(argv + ['--mode', 'video_pretrain'])) == ([], {})
     conflicts, _ = dreamer.run_changes(str(tmp_path), tools.make_config(argv + ['--prefill_updates', '3']))
     assert conflicts == ["  --prefill_updates: the run has 100, this command 3"]
+
+
+def test_run_written_before_opt_eps_keras_is_not_switched_to_it_by_a_preset(tmp_path):
+    """A run whose config.yaml predates --opt_eps_keras trained with torch's epsilon; resuming it with a preset that
+    now sets the key True is a conflict to resolve on the command line, not a silent change mid-run."""
+    import dreamer
+    argv = ['--configs', 'defaults', 'dmc2gym', 'dreamerv2_official', 'dreamerv2_official_training', '--logdir',
+            str(tmp_path)]
+    old = tools.make_config(argv + ['--opt_eps_keras', 'False']).to_dict()
+    del old['opt_eps_keras']
+    tools.save_config(tools.Config(old), str(tmp_path / 'config.yaml'))
+    conflicts, _ = dreamer.run_changes(str(tmp_path), tools.make_config(argv))
+    assert conflicts == ["  --opt_eps_keras: the run has False, this command True"]
+    assert dreamer.run_changes(str(tmp_path), tools.make_config(argv + ['--opt_eps_keras', 'False'])) == ([], {})
