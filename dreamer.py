@@ -166,18 +166,6 @@ def prepare_logdir(config, check_identity: bool = True) -> str:
     return logdir
 
 
-def configure_torch(config) -> None:
-    tools.set_seed(config.seed, config.deterministic)
-    tools.keep_freed_memory(config.malloc_cache)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if config.precision == 'bf16' and str(config.device) == 'cpu' and not tools.cpu_has_native_bf16():
-        print('Warning: --precision bf16 on a CPU without hardware bf16 (no AVX-512 BF16 / AMX): oneDNN emulates it '
-              'and updates run ~15x slower than fp32 (docs/benchmarks.md). Use --precision 32 on this machine.',
-              file=sys.stderr)
-    tools.set_tf32(config.device, config.tf32)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Online training
 # --------------------------------------------------------------------------------------------------------------------
@@ -287,20 +275,6 @@ def log_times(logger, counters: dict) -> None:
         logger.scalar(key, counters[key])
 
 
-def samples_within_episodes(config) -> bool:
-    """Replay sequences inside one episode, as the release and official DreamerV2 sample (docs/method.md, "Replay
-    sampling"): with `--sample_within_episodes True` or `--release_compat True`."""
-    return bool(config.sample_within_episodes or config.release_compat)
-
-
-def make_replay(config):
-    """The online training replay: sequence starts marked unless `--release_compat`."""
-    import replay as replay_lib
-    return replay_lib.Replay(config.dataset_size or None, seed=config.seed,
-                             mark_sequence_starts=not config.release_compat,
-                             within_episodes=samples_within_episodes(config))
-
-
 def train(config) -> None:
     import replay as replay_lib
     from tqdm import tqdm
@@ -315,7 +289,7 @@ def train(config) -> None:
               f"Pass a larger --steps to train on.")
         return
     logdir = prepare_logdir(config)
-    configure_torch(config)
+    tools.configure_torch(config)
     train_dir, eval_dir = os.path.join(logdir, 'train_eps'), os.path.join(logdir, 'eval_eps')
     ckpt_path = os.path.join(logdir, 'checkpoint.pt')
     logger = tools.Logger(logdir, config, use_tensorboard=config.tensorboard, use_wandb=config.wandb)
@@ -333,7 +307,7 @@ def train(config) -> None:
         if moved:
             print(f'{moved} episode(s) finished after the last checkpoint were moved to train_eps_after_checkpoint/ '
                   f'so that the replay and the step count match the loaded weights.')
-    replay = make_replay(config)
+    replay = replay_lib.for_training(config)
     episodes, _ = replay_lib.load_episodes(train_dir, limit_steps=config.dataset_size or None)
     for ep in episodes:
         replay.add_episode(ep)
@@ -535,7 +509,7 @@ def evaluate_only(config, explicit=frozenset()) -> None:
     config = tools.finalize_config(config)
     schedule = distractor_schedule(config)
     logdir = prepare_logdir(config, check_identity=False)
-    configure_torch(config)
+    tools.configure_torch(config)
     if config.eval_distractor not in schedule:
         raise ConfigError(f"--eval_distractor must be one of {', '.join(schedule)}, got '{config.eval_distractor}'.")
     eval_envs = make_parallel(config, config.seed + 20_000, schedule[config.eval_distractor])
@@ -618,11 +592,11 @@ def pretrain_video(config) -> None:
     import replay as replay_lib
 
     logdir = prepare_logdir(config)
-    configure_torch(config)
+    tools.configure_torch(config)
     episodes, report = replay_lib.load_video_dataset(
         config.pretrain_datasets_path, config.pretrain_dataset_scale, config.seed, config.batch_length,
         config.model_memory_fraction, tuple(config.size))
-    replay = replay_lib.Replay(None, seed=config.seed, within_episodes=samples_within_episodes(config))
+    replay = replay_lib.Replay(None, seed=config.seed, within_episodes=replay_lib.samples_within_episodes(config))
     for ep in episodes:
         replay.add_episode(ep)
     del episodes
@@ -697,7 +671,7 @@ def pretrain_teacher(config) -> None:
     target_size = None if config.action_pad else vid2act.target_action_size(config)
     action_size = vid2act.padded_action_size(config, sources.action_sizes, target_size)
     logdir = prepare_logdir(config)
-    configure_torch(config)
+    tools.configure_torch(config)
     sizes = {key: config[key] for key in models.WORLD_MODEL_KEYS}
     meta = dict(format=vid2act.TEACHER_FORMAT, source_tasks=tasks, num_teachers=len(tasks), action_size=action_size,
                 source_action_sizes=sources.action_sizes, target_task=config.task, target_action_size=target_size,

@@ -221,6 +221,18 @@ class Replay:
         return starts[pick] + self.rng.integers(0, lengths[pick] - length + 1)
 
 
+def samples_within_episodes(config) -> bool:
+    """Replay sequences inside one episode, as the release and official DreamerV2 sample (docs/method.md, "Replay
+    sampling"): with `--sample_within_episodes True` or `--release_compat True`."""
+    return bool(config.sample_within_episodes or config.release_compat)
+
+
+def for_training(config) -> Replay:
+    """The online training replay of a config: sequence starts marked unless `--release_compat`."""
+    return Replay(config.dataset_size or None, seed=config.seed, mark_sequence_starts=not config.release_compat,
+                  within_episodes=samples_within_episodes(config))
+
+
 class Prefetcher:
     """Prepares the next batch in a background thread while the current update runs.
 

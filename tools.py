@@ -346,6 +346,20 @@ POSITIVE_KEYS = {
 }
 
 
+def configure_torch(config) -> None:
+    """What every program does with torch before building anything: seeds from --seed, the allocator setting, the
+    thread count, TF32, and a warning for bf16 on a CPU that would emulate it."""
+    set_seed(config.seed, config.deterministic)
+    keep_freed_memory(config.malloc_cache)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.precision == 'bf16' and str(config.device) == 'cpu' and not cpu_has_native_bf16():
+        print('Warning: --precision bf16 on a CPU without hardware bf16 (no AVX-512 BF16 / AMX): oneDNN emulates it '
+              'and updates run ~15x slower than fp32 (docs/benchmarks.md). Use --precision 32 on this machine.',
+              file=sys.stderr)
+    set_tf32(config.device, config.tf32)
+
+
 def glorot_init_for(config, part: str) -> bool:
     """Whether `--weight_init` starts `part` ('model': the world model, 'behavior': actor and critic) the official
     DreamerV2 way (`networks.glorot_init_`)."""

@@ -502,10 +502,11 @@ def first_updates(config, action_size: int, episodes: list[dict], updates: int, 
     import torch
 
     import agents
-    import dreamer
-    dreamer.configure_torch(config)
+    import replay
+    import tools
+    tools.configure_torch(config)
     agent = agents.make_agent(config, action_size)
-    buffer = dreamer.make_replay(config)
+    buffer = replay.for_training(config)
     for ep in episodes:
         buffer.add_episode(ep)
     trace = []

@@ -494,12 +494,11 @@ def random_episodes(count: int, length: int = 31, seed: int = 0) -> list[dict]:
 def test_first_updates_start_from_the_seeded_fresh_agent_and_read_every_state(tmp_path):
     """With no update the actor is the fresh agent of the run's seed; its mean action on every state equals the
     actor applied to posteriors observed step by step (latents at their mode)."""
-    import dreamer
     config = tiny_run_config(tmp_path)
     episodes = random_episodes(2)
     result = diagnose.first_updates(config, 2, episodes, 0)
     assert result['trace'] == [] and result['states'] == 2 * 31
-    dreamer.configure_torch(config)
+    tools.configure_torch(config)
     agent = agents.make_agent(config, 2)
     means = []
     with torch.no_grad():
@@ -537,3 +536,21 @@ def test_first_updates_command_reads_the_runs_config_and_prefill(tmp_path, capsy
     assert "--set expects KEY=VALUE with a key of the run's config" in capsys.readouterr().err
     assert diagnose.main([str(tmp_path), '--first_updates', '--set', 'prefill=200']) == 2
     assert 'has not finished its random prefill' in capsys.readouterr().err
+
+
+def test_official_first_updates_reads_the_prefill_in_official_dreamerv2s_episode_format(tmp_path, capsys):
+    """scripts/official_first_updates.py (needs TensorFlow to train; not here): the run's prefill episodes with the
+    package's keys, `is_last` on the last step only, and a clear error before any import when the prefill is short."""
+    import replay
+    official = load_script('official_first_updates')
+    for ep in random_episodes(3, seed=2):
+        ep['discount'], ep['is_terminal'] = np.ones(31, np.float32), np.zeros(31, bool)
+        ep['color'] = np.zeros((31, 4), np.float32)                      # an extra key of this project's episodes
+        replay.save_episode(str(tmp_path / 'train_eps'), ep)
+    episodes = official.prefill_episodes(str(tmp_path), 60)
+    assert len(episodes) == 2
+    for ep in episodes:
+        assert set(ep) == {'image', 'action', 'reward', 'discount', 'is_first', 'is_terminal', 'is_last'}
+        assert ep['is_last'].tolist() == [False] * 30 + [True] and ep['is_first'][0] and not ep['is_first'][1:].any()
+    assert official.main([str(tmp_path), '--prefill', '100']) == 2
+    assert 'fewer than 100 agent steps' in capsys.readouterr().err

@@ -70,27 +70,25 @@ def test_video_model_update_follows_precision():
 
 def test_bf16_on_a_cpu_without_hardware_bf16_warns(monkeypatch, capsys):
     """oneDNN emulates bf16 on CPUs without AVX-512 BF16 / AMX (~15x slower than fp32): the run says so at start."""
-    import dreamer
     config = tools.make_config(['--configs', 'defaults', '--precision', 'bf16', '--device', 'cpu', '--logdir', 'x'])
     monkeypatch.setattr(tools, 'cpu_has_native_bf16', lambda: False)
-    dreamer.configure_torch(config)
+    tools.configure_torch(config)
     assert 'without hardware bf16' in capsys.readouterr().err
     monkeypatch.setattr(tools, 'cpu_has_native_bf16', lambda: True)
-    dreamer.configure_torch(config)
+    tools.configure_torch(config)
     assert 'without hardware bf16' not in capsys.readouterr().err
 
 
 def test_tf32_flag_sets_both_cuda_backends_and_leaves_cpu_alone():
     """`--tf32 False` must mean full fp32 on a GPU: PyTorch's default already allows TF32 in cuDNN convolutions, so
     the flag has to switch that off too, not only the matmul one. Setting the flags needs no GPU."""
-    import dreamer
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True   # PyTorch's defaults
         for device, tf32, want in [('cuda', 'True', (True, True)), ('cuda:1', 'False', (False, False))]:
             config = tools.make_config(['--configs', 'defaults', '--device', 'cpu', '--tf32', tf32, '--logdir', 'x'])
             config.device = device      # make_config refuses cuda without a GPU; configure_torch only reads the name
-            dreamer.configure_torch(config)
+            tools.configure_torch(config)
             assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == want
         tools.set_tf32('cpu', True)                                      # a CPU run leaves the flags as they are
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)

@@ -190,12 +190,11 @@ def test_within_episode_sampling_matches_a_loop_and_never_crosses_an_episode():
 
 
 def test_training_replay_follows_the_config():
-    import dreamer
     from tools import make_config
     base = ['--configs', 'defaults', 'dmc2gym', '--task', 'dmc2gym_cartpole_balance', '--logdir', 'unused']
-    default = dreamer.make_replay(make_config(base))
+    default = replay_lib.for_training(make_config(base))
     assert not default.within_episodes and default.mark_sequence_starts
-    official = dreamer.make_replay(make_config(base + ['--sample_within_episodes', 'True']))
+    official = replay_lib.for_training(make_config(base + ['--sample_within_episodes', 'True']))
     assert official.within_episodes and official.mark_sequence_starts
-    release = dreamer.make_replay(make_config(base + ['--release_compat', 'True']))
+    release = replay_lib.for_training(make_config(base + ['--release_compat', 'True']))
     assert release.within_episodes and not release.mark_sequence_starts
