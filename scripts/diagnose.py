@@ -72,6 +72,7 @@ replay, to compare a variant from the same start (`--set opt_eps_keras=True`).
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 
@@ -494,6 +495,19 @@ def training_batch(agent, episodes: list[dict], batch: int, length: int, seed: i
     return agent.training_batch(buffer.sample(batch, length))
 
 
+def prefill_episodes(run: str, prefill: int, keys) -> list[dict]:
+    """A run's first training episodes (`keys` of each), in the order written, up to `prefill` agent steps: its random
+    prefill. numpy only: scripts/official_first_updates.py calls it in a TensorFlow environment without torch."""
+    episodes, steps = [], 0
+    for path in sorted(glob.glob(os.path.join(run, 'train_eps', '*.npz'))):      # replay.list_episodes' order
+        if steps >= prefill:
+            break
+        with np.load(path) as data:
+            episodes.append({key: data[key] for key in keys if key in data.files})
+        steps += len(episodes[-1]['reward']) - 1
+    return episodes
+
+
 def first_updates(config, action_size: int, episodes: list[dict], updates: int, every: int = 20) -> dict:
     """A fresh agent of `config` (seeded from its seed, as dreamer.py seeds a run) trained `updates` times on batches
     sampled from `episodes` as the run samples them; returns the actor's entropy and gradient norm every `every`
@@ -554,13 +568,8 @@ def first_updates_main(args) -> int:
     except tools.ConfigError as e:
         print(f'Error: {e}', file=sys.stderr)
         return 2
-    import replay
-    episodes, steps = [], 0
-    for f in episode_files(os.path.join(run, 'train_eps'), 0):
-        if steps >= config.prefill:
-            break
-        episodes.append(replay.load_episode(f, ('image', 'action', 'reward', 'is_first')))
-        steps += replay.episode_length(episodes[-1])
+    episodes = prefill_episodes(run, config.prefill, ('image', 'action', 'reward', 'is_first'))
+    steps = sum(len(ep['reward']) - 1 for ep in episodes)
     if steps < max(config.prefill, config.batch_length):
         print(f"Error: '{run}/train_eps' holds {steps} agent steps, fewer than the run's prefill of {config.prefill}: "
               f"the run has not finished its random prefill yet.", file=sys.stderr)

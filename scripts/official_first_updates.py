@@ -23,7 +23,6 @@ The package was written for TensorFlow 2.4-2.6; two of its lines need today's na
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import pathlib
 import shutil
@@ -32,6 +31,9 @@ import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import diagnose  # noqa: E402  (numpy only at import: usable without torch)
 
 KEYS = ('image', 'action', 'reward', 'discount', 'is_first', 'is_terminal')
 
@@ -45,15 +47,8 @@ def official_episode(episode: dict) -> dict:
 
 
 def prefill_episodes(run: str, prefill: int) -> list[dict]:
-    """The run's first training episodes, up to `prefill` agent steps (its random prefill)."""
-    episodes, steps = [], 0
-    for path in sorted(glob.glob(os.path.join(run, 'train_eps', '*.npz'))):
-        if steps >= prefill:
-            break
-        with np.load(path) as data:
-            episodes.append(official_episode(data))
-        steps += len(episodes[-1]['reward']) - 1
-    return episodes
+    """The run's random prefill episodes (`diagnose.prefill_episodes`) in the package's format."""
+    return [official_episode(ep) for ep in diagnose.prefill_episodes(run, prefill, KEYS)]
 
 
 def main(argv=None) -> int:
