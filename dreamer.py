@@ -474,7 +474,7 @@ def train(config) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # An evaluation-only run takes these from the checkpoint's stored config unless the command sets them itself.
 EVAL_KEYS_FROM_CHECKPOINT = ('task', 'action_repeat', 'time_limit', 'size', 'camera', 'clean_render',
-                             'color_distractor', 'color') + models.ARCHITECTURE_KEYS
+                             'legacy_inertia', 'color_distractor', 'color') + models.ARCHITECTURE_KEYS
 
 
 def default_eval_logdir(checkpoint: str) -> str:

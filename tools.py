@@ -209,10 +209,10 @@ def _is_number(text):
 # Keys renamed since runs were written (old -> new). The old name stays accepted on the command line (`pretrain` is
 # also DreamerV2's and the release's name) and in saved configs (`upgrade_saved_config`).
 RENAMED_KEYS = {'pretrain': 'prefill_updates'}
-# Keys added after runs were written that a preset sets to something else than the behaviour before them: a saved
-# config without one ran with this value. Filling it in makes resuming such a run under that preset a conflict
-# (dreamer.check_run_identity) instead of a silent change of what the run does.
-ADDED_KEYS = {'opt_eps_keras': False}
+# Keys added after runs were written that a preset or a command may set to something else than the behaviour before
+# them: a saved config without one ran with this value. Filling it in makes resuming such a run with the key set a
+# conflict (dreamer.check_run_identity) instead of a silent change of what the run does.
+ADDED_KEYS = {'opt_eps_keras': False, 'legacy_inertia': False}
 
 
 def upgrade_saved_config(saved: dict) -> dict:

@@ -81,7 +81,8 @@ def make_env(task: str, config: Any, seed: int, distractor: str) -> AgentEnv:
     """Builds the agent-facing env of `env/CONTRACT.md` for `task` (see the module docstring for names).
 
     config (attribute access or a mapping): `action_repeat`, `time_limit` (env steps; the episode is cut after
-    `time_limit // action_repeat` agent steps), `size`, `camera`, `color`, `release_compat`. `seed` drives every
+    `time_limit // action_repeat` agent steps), `size`, `camera`, `color`, `release_compat`, `legacy_inertia` (DMC
+    only: MuJoCo < 2.1.1's capsule masses and inertias, `env/inertia.py`). `seed` drives every
     random choice of the env. `distractor` is the initial set (`env.set_distractor` switches at the next reset).
 
     With `release_compat` the DisWM release's protocol is reproduced (README, `--release_compat` table): DMC repeats
@@ -89,6 +90,8 @@ def make_env(task: str, config: Any, seed: int, distractor: str) -> AgentEnv:
     `method_name: vid2act`, whose own release has neither quirk.
     """
     suite, name = split_task(task)
+    if config_get(config, 'legacy_inertia', False) and suite != 'dmc2gym':
+        raise ValueError(f'--legacy_inertia applies to dmc2gym tasks only, not {task!r}: drop --legacy_inertia.')
     action_repeat = int(config_get(config, 'action_repeat'))
     time_limit = config_get(config, 'time_limit')
     # The env quirks are the DisWM release's; Vid2Act's release sums rewards over the repeat and repeats once.

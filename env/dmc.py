@@ -60,6 +60,9 @@ class DMCEnv:
       distractor: colour set, `train` or `test`; or `clean` (CLEAN_SET): dm_control's own rendering, every material,
         the floor and the skybox as the suite defines them, nothing recoloured (the `--clean_render` option).
 
+    `legacy_inertia` in config (default False): body masses and inertias as MuJoCo < 2.1.1 computed them from capsule
+    geoms (`env/inertia.py`), the simulator of the published DreamerV2 DMC runs.
+
     Colours are redrawn in the current set's box at every `reset()` and take one random-walk step after every
     control step. `terminated` is True only on a true terminal (dm_env LAST with discount 0); dm_control's own
     time limit gives `truncated`.
@@ -75,6 +78,9 @@ class DMCEnv:
         if self.domain == 'quadruped':
             _numpy_compat()
         self._env = suite.load(self.domain, self.task, task_kwargs={'random': seed})
+        if config_get(config, 'legacy_inertia', False):
+            from env.inertia import legacy_capsule_inertia
+            legacy_capsule_inertia(self._env.physics, self.domain)
         size = config_get(config, 'size', (64, 64))
         self._height, self._width = int(size[0]), int(size[1])
         camera = config_get(config, 'camera', None)

@@ -99,7 +99,8 @@ def test_renamed_keys_and_configs_saved_by_older_code():
     old = {'mode': 'train', 'beta_vae_pretrain': True, 'pretrain': 100, 'seed': 1}   # written before the rename
     assert tools.upgrade_saved_config(old) == {'mode': 'video_pretrain', 'beta_vae_pretrain': True,
                                                'prefill_updates': 100, 'seed': 1,
-                                               'opt_eps_keras': False}  # added since; older runs had torch's eps
+                                               'opt_eps_keras': False,  # added since: older runs had torch's eps
+                                               'legacy_inertia': False}  # and today's MuJoCo inertia
     assert old['mode'] == 'train' and 'pretrain' in old                  # the caller's dict is left alone
     saved = cfg('--beta_vae_pretrain', 'True').to_dict()                  # written by this code: unchanged
     assert tools.upgrade_saved_config(saved) == saved
