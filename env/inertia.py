@@ -26,63 +26,50 @@ SPHERE, CAPSULE, ELLIPSOID, CYLINDER, BOX = 2, 3, 4, 5, 6
 _NAMES = {SPHERE: 'sphere', CAPSULE: 'capsule', ELLIPSOID: 'ellipsoid', CYLINDER: 'cylinder', BOX: 'box'}
 
 
-def _cylinder(mass, radius, height):
-    """Principal inertia of a solid cylinder along z (height = full length)."""
-    across = mass * (3 * radius ** 2 + height ** 2) / 12
-    return np.array([across, across, mass * radius ** 2 / 2])
+def _cylinder(radius, height):
+    """Principal moments per unit mass of a solid cylinder along z (height = full length)."""
+    across = (3 * radius ** 2 + height ** 2) / 12
+    return np.array([across, across, radius ** 2 / 2])
+
+
+def _shape(gtype: int, size: np.ndarray, legacy: bool) -> tuple[float, np.ndarray]:
+    """(volume, principal moments per unit mass in the geom's frame) of a uniform solid."""
+    r = size[0]
+    if gtype == CAPSULE and legacy:
+        height = 2 * size[1] + r                      # the middle section plus r/2 at each end
+        return np.pi * r ** 2 * height, _cylinder(r, height)
+    if gtype == CAPSULE:
+        height = 2 * size[1]
+        sphere, cylinder = 4 / 3 * np.pi * r ** 3, np.pi * r ** 2 * height
+        caps = sphere / (sphere + cylinder)           # both hemispheres' share of the mass
+        offset = caps * height * (3 * r + 2 * height) / 8                  # hemispheres' centroids moved to the ends
+        moments = (1 - caps) * _cylinder(r, height) + 2 * caps * r ** 2 / 5 + np.array([offset, offset, 0.0])
+        return sphere + cylinder, moments
+    if gtype == CYLINDER:
+        return np.pi * r ** 2 * 2 * size[1], _cylinder(r, 2 * size[1])
+    if gtype == SPHERE:
+        return 4 / 3 * np.pi * r ** 3, np.full(3, 2 * r ** 2 / 5)
+    a, b, c = size ** 2
+    if gtype == ELLIPSOID:
+        return 4 / 3 * np.pi * np.prod(size), np.array([b + c, a + c, a + b]) / 5
+    if gtype == BOX:
+        return 8 * np.prod(size), np.array([b + c, a + c, a + b]) / 3
+    raise NotImplementedError(gtype)
 
 
 def geom_inertia(gtype: int, size, mass: float, density: float, legacy: bool = False) -> tuple[float, np.ndarray]:
     """(mass, principal moments in the geom's frame) of one geom of MuJoCo `gtype` and `size` (MuJoCo's half sizes).
     `mass` NaN: density times the volume (the volume of the old stand-in cylinder for a legacy capsule)."""
-    gtype = int(gtype)
-    size = np.asarray(size, np.float64)
-    r = size[0]
-    if gtype == CAPSULE and legacy:
-        height = 2 * size[1] + r                      # the middle section plus r/2 at each end
-        m = density * np.pi * r ** 2 * height if np.isnan(mass) else mass
-        return m, _cylinder(m, r, height)
-    if gtype == CAPSULE:
-        height = 2 * size[1]
-        sphere_volume, cylinder_volume = 4 / 3 * np.pi * r ** 3, np.pi * r ** 2 * height
-        m = density * (sphere_volume + cylinder_volume) if np.isnan(mass) else mass
-        caps = m * sphere_volume / (sphere_volume + cylinder_volume)       # both hemispheres together
-        inertia = _cylinder(m - caps, r, height)
-        offset = caps * height * (3 * r + 2 * height) / 8                  # hemispheres' centroids moved to the ends
-        return m, inertia + 2 * caps * r ** 2 / 5 + np.array([offset, offset, 0.0])
-    if gtype == CYLINDER:
-        m = density * np.pi * r ** 2 * 2 * size[1] if np.isnan(mass) else mass
-        return m, _cylinder(m, r, 2 * size[1])
-    if gtype == SPHERE:
-        m = density * 4 / 3 * np.pi * r ** 3 if np.isnan(mass) else mass
-        return m, np.full(3, 2 * m * r ** 2 / 5)
-    if gtype == ELLIPSOID:
-        m = density * 4 / 3 * np.pi * np.prod(size) if np.isnan(mass) else mass
-        a, b, c = size ** 2
-        return m, m / 5 * np.array([b + c, a + c, a + b])
-    if gtype == BOX:
-        m = density * 8 * np.prod(size) if np.isnan(mass) else mass
-        a, b, c = size ** 2
-        return m, m / 3 * np.array([b + c, a + c, a + b])
-    raise NotImplementedError(gtype)
+    volume, moments = _shape(int(gtype), np.asarray(size, np.float64), legacy)
+    m = density * volume if np.isnan(mass) else mass
+    return m, m * moments
 
 
 def _rotation(quat) -> np.ndarray:
-    w, x, y, z = np.asarray(quat, np.float64) / np.linalg.norm(quat)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-
-
-def _quaternion(rotation: np.ndarray) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) of a proper rotation matrix."""
-    m = rotation
-    w = np.sqrt(max(0.0, 1 + m[0, 0] + m[1, 1] + m[2, 2])) / 2
-    x = np.copysign(np.sqrt(max(0.0, 1 + m[0, 0] - m[1, 1] - m[2, 2])) / 2, m[2, 1] - m[1, 2])
-    y = np.copysign(np.sqrt(max(0.0, 1 - m[0, 0] + m[1, 1] - m[2, 2])) / 2, m[0, 2] - m[2, 0])
-    z = np.copysign(np.sqrt(max(0.0, 1 - m[0, 0] - m[1, 1] + m[2, 2])) / 2, m[1, 0] - m[0, 1])
-    q = np.array([w, x, y, z])
-    return q / np.linalg.norm(q)
+    import mujoco
+    matrix = np.zeros(9)
+    mujoco.mju_quat2Mat(matrix, np.asarray(quat, np.float64))
+    return matrix.reshape(3, 3)
 
 
 def model_spec(domain: str):
@@ -165,6 +152,8 @@ def legacy_capsule_inertia(physics, domain: str) -> None:
         model.body_mass[body] = mass
         model.body_ipos[body] = com
         model.body_inertia[body] = moments
-        model.body_iquat[body] = _quaternion(axes)
+        quat = np.zeros(4)
+        mujoco.mju_mat2Quat(quat, axes.flatten())
+        model.body_iquat[body] = quat
     mujoco.mj_setConst(model, physics.data.ptr)
     physics.forward()
